@@ -1,0 +1,1 @@
+"""One sub-package per method: checkpoint detection/loading, modules, and patch callbacks."""

@@ -1,0 +1,90 @@
+"""Test session on real ComfyUI: ComfyUI is booted once in-process with the pack loaded
+(``comfy`` fixture); tiny real-architecture models come from the pack's factory."""
+import os
+import shutil
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # tests/harness importable
+
+from harness import comfy_host  # noqa: E402
+
+REPO = comfy_host.REPO
+SHARED = Path(os.environ.get("FP_SHARED", REPO.parent / "shared")).resolve()
+SHARED_DATA = SHARED / "data"
+
+
+@pytest.fixture(scope="session")
+def comfy_home(tmp_path_factory):
+    return comfy_host.setup_home(tmp_path_factory.mktemp("comfy_home"))
+
+
+@pytest.fixture(scope="session")
+def comfy(comfy_home):
+    """ComfyHost: ComfyUI booted in this process (CPU) with the pack loaded."""
+    return comfy_host.boot(comfy_home)
+
+
+@pytest.fixture(scope="session")
+def pack(comfy):
+    """The pack's package module (``pack.models_loader...``) as ComfyUI loaded it."""
+    return comfy.pack
+
+
+def _install_model(comfy_home, kind, folder):
+    from comfyui_face_personalization.models_loader import tiny
+
+    src = tiny.ensure(kind)
+    dst = Path(comfy_home) / "models" / folder / src.name
+    if not dst.exists():
+        dst.symlink_to(src)
+    return src.name
+
+
+@pytest.fixture(scope="session")
+def tiny_sd15(comfy, comfy_home):
+    """File name (in models/checkpoints) of the tiny SD1.5 checkpoint."""
+    return _install_model(comfy_home, "sd15", "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_sd2(comfy, comfy_home):
+    return _install_model(comfy_home, "sd2", "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_sdxl(comfy, comfy_home):
+    return _install_model(comfy_home, "sdxl", "checkpoints")
+
+
+@pytest.fixture(scope="session")
+def tiny_controlnet(comfy, comfy_home):
+    return _install_model(comfy_home, "controlnet_sd15", "controlnet")
+
+
+@pytest.fixture(scope="session")
+def install_model(comfy, comfy_home):
+    """install_model(kind, folder) -> file name: put a tiny model into ComfyUI's models/<folder>."""
+    return lambda kind, folder: _install_model(comfy_home, kind, folder)
+
+
+@pytest.fixture(scope="session")
+def shared_data():
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def input_image(comfy_home):
+    """copy a file into ComfyUI's input/ folder; returns the name LoadImage takes."""
+
+    def put(src):
+        src = Path(src)
+        dst = Path(comfy_home) / "input" / src.name
+        shutil.copyfile(src, dst)
+        return src.name
+
+    return put
