@@ -50,6 +50,19 @@ class PickledObject:
         return f"PickledObject({self.class_path})"
 
 
+def _pickled_type(class_path):
+    """A real type for an allowed class (protocol-2 pickles use NEWOBJ, which needs a type):
+    instances are inert :class:`PickledObject`s, no code of the original class runs."""
+
+    def __new__(cls, *args, **kwargs):
+        obj = object.__new__(cls)
+        obj.class_path, obj.args, obj.state = class_path, args, {}
+        return obj
+
+    return type("Pickled_" + class_path.rsplit(".", 1)[-1], (PickledObject,),
+                {"__slots__": (), "__new__": __new__, "__init__": lambda self, *a, **k: None})
+
+
 class _PickledClass:
     """What ``find_class`` returns for an allowed class: calling it (REDUCE/NEWOBJ) gives a
     PickledObject instead of running the real constructor."""
@@ -68,6 +81,8 @@ def _reconstructor(cls, base, state=None):
     """copyreg._reconstructor without calling ``base.__new__`` on arbitrary types."""
     if isinstance(cls, _PickledClass):
         return PickledObject(cls.class_path)
+    if isinstance(cls, type) and issubclass(cls, PickledObject):
+        return cls()
     if cls is collections.OrderedDict:
         return collections.OrderedDict()
     raise UnsafeCheckpointError(f"copyreg._reconstructor for {cls!r} is not allowed")
@@ -121,7 +136,7 @@ def _make_pickle_module(allowed_classes, allowed_prefixes=(), inert_functions=()
             if path in _SAFE_GLOBALS:
                 return _SAFE_GLOBALS[path]
             if path in allowed_classes or any(path.startswith(p) for p in allowed_prefixes):
-                return _PickledClass(path)
+                return _pickled_type(path)
             if path in inert_functions:
                 return _inert(path)
             raise UnsafeCheckpointError(

@@ -1,0 +1,196 @@
+"""insightface face-analysis loading: folder checks, provider choice, clear errors.
+
+Models live in ComfyUI's ``models/insightface/models/<name>/`` (the ``insightface`` folder from
+models_loader.paths, laid out as insightface's own ``root``). We locate and check the folder
+ourselves and hand insightface an existing directory, so it never tries to download.
+Only the public insightface API is used: ``FaceAnalysis(name, root, providers, allowed_modules)``,
+``.prepare(ctx_id, det_thresh, det_size)``, ``.get(img)``; model routing (detection vs
+recognition by input/output signature) is insightface's ``model_zoo``.
+"""
+import logging
+import os
+import threading
+
+log = logging.getLogger(__name__)
+
+# what each pack ships (from the official zips); det + rec are the ones this pack needs
+KNOWN_PACKS = {
+    "antelopev2": {"detection": "scrfd_10g_bnkps.onnx", "recognition": "glintr100.onnx",
+                   "others": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx")},
+    "buffalo_l": {"detection": "det_10g.onnx", "recognition": "w600k_r50.onnx",
+                  "others": ("1k3d68.onnx", "2d106det.onnx", "genderage.onnx")},
+}
+PROVIDER_CHOICES = ["auto", "CUDA", "CoreML", "ROCm", "DirectML", "CPU"]
+_ORT_NAMES = {"CUDA": "CUDAExecutionProvider", "CoreML": "CoreMLExecutionProvider",
+              "ROCm": "ROCMExecutionProvider", "DirectML": "DmlExecutionProvider",
+              "CPU": "CPUExecutionProvider"}
+_AUTO_ORDER = ("CUDA", "ROCm", "CoreML", "DirectML")
+
+
+class FaceModelError(RuntimeError):
+    """A user-facing problem with face models (missing folder, corrupt file, no provider)."""
+
+
+def available_providers():
+    import onnxruntime
+
+    return list(onnxruntime.get_available_providers())
+
+
+def choose_providers(requested: str = "auto", available=None):
+    """ORT provider list for ``requested`` (one of PROVIDER_CHOICES), CPU always last as fallback."""
+    if available is None:
+        available = available_providers()
+    if requested not in PROVIDER_CHOICES:
+        raise FaceModelError(f"unknown provider {requested!r}; choose one of {PROVIDER_CHOICES}")
+    if requested == "auto":
+        for name in _AUTO_ORDER:
+            if _ORT_NAMES[name] in available:
+                return [_ORT_NAMES[name], "CPUExecutionProvider"]
+        return ["CPUExecutionProvider"]
+    ort = _ORT_NAMES[requested]
+    if ort not in available:
+        hint = {"CUDA": " Install onnxruntime-gpu (and uninstall plain onnxruntime) for CUDA.",
+                "CoreML": " CoreML is only available in onnxruntime on macOS.",
+                "DirectML": " Install onnxruntime-directml for DirectML."}.get(requested, "")
+        raise FaceModelError(f"provider {requested} ({ort}) is not available in this onnxruntime; "
+                             f"available: {available}.{hint} Or choose 'auto' / 'CPU'.")
+    return [ort] if ort == "CPUExecutionProvider" else [ort, "CPUExecutionProvider"]
+
+
+def insightface_roots():
+    """The registered ``insightface`` model folders (each an insightface ``root``)."""
+    from .. import paths
+    import folder_paths
+
+    paths.register_model_folders()
+    return list(folder_paths.get_folder_paths("insightface"))
+
+
+def _onnx_files(d):
+    try:
+        return sorted(f for f in os.listdir(d) if f.lower().endswith(".onnx") and os.path.isfile(os.path.join(d, f)))
+    except OSError:
+        return []
+
+
+def _expected_text(name):
+    pack = KNOWN_PACKS.get(name)
+    if not pack:
+        return "at least a detection model (*.onnx; SCRFD) and, for embeddings, a recognition model (ArcFace)"
+    return (f"{pack['detection']} (detection) and {pack['recognition']} (recognition)"
+            f"{', optionally ' + ', '.join(pack['others']) if pack['others'] else ''}")
+
+
+def find_model_dir(name: str, roots=None) -> str:
+    """Directory holding ``name``'s .onnx files; handles the zip's nested ``<name>/<name>/`` folder.
+
+    ``name`` may also be an absolute directory. Raises FaceModelError naming every path looked at
+    and the files expected.
+    """
+    if os.path.isabs(name) and os.path.isdir(name):
+        candidates = [name]
+    else:
+        roots = insightface_roots() if roots is None else roots
+        candidates = []
+        for root in roots:
+            candidates += [os.path.join(root, "models", name), os.path.join(root, name)]
+    looked = []
+    for base in candidates:
+        for d in (base, os.path.join(base, os.path.basename(base.rstrip(os.sep)))):  # zip nests once
+            looked.append(d)
+            if _onnx_files(d):
+                return d
+    zips = [c + ".zip" for c in candidates if os.path.isfile(c + ".zip")]
+    existing = [c for c in candidates if os.path.isdir(c)]
+    msg = (f"insightface model pack '{name}' not found. Expected {_expected_text(name)} in "
+           f"{candidates[0] if candidates else '<no insightface folder registered>'}")
+    if existing:
+        msg += f". The folder {existing[0]} exists but holds no .onnx file (contents: {sorted(os.listdir(existing[0]))[:10]})"
+    if zips:
+        msg += f". Found {zips[0]}: unzip it there"
+    msg += f". Looked in: {looked}."
+    if name == "antelopev2":
+        msg += " (antelopev2.zip extracts to antelopev2/antelopev2/*.onnx; either layout works.)"
+    raise FaceModelError(msg)
+
+
+def check_onnx_files(model_dir: str):
+    """Cheap sanity check of every .onnx in ``model_dir`` before ORT sees it (corrupt, LFS pointer)."""
+    for f in _onnx_files(model_dir):
+        path = os.path.join(model_dir, f)
+        size = os.path.getsize(path)
+        with open(path, "rb") as fh:
+            head = fh.read(64)
+        if size == 0:
+            problem = "is empty (0 bytes)"
+        elif head.startswith(b"version https://git-lfs"):
+            problem = "is a git-lfs pointer, not the model (download the real file)"
+        elif head[:1] != b"\x08":  # an ONNX ModelProto starts with field 1 (ir_version, varint)
+            problem = f"does not start like an ONNX model ({size} bytes)"
+        else:
+            continue
+        raise FaceModelError(f"corrupt ONNX file {path}: it {problem}. Re-download it "
+                             "(incomplete downloads are the usual cause).")
+
+
+_CACHE = {}
+_LOCK = threading.Lock()
+
+
+def _fingerprint(model_dir):
+    out = []
+    for f in _onnx_files(model_dir):
+        st = os.stat(os.path.join(model_dir, f))
+        out.append((f, st.st_size, st.st_mtime_ns))
+    return tuple(out)
+
+
+def load_face_analysis(name: str = "antelopev2", provider: str = "auto", det_size: int = 640,
+                       det_thresh: float = 0.5, with_recognition: bool = True, roots=None):
+    """An insightface ``FaceAnalysis`` for pack ``name`` (detection [+ recognition]), prepared.
+
+    The returned object is insightface's own, so other packs' INSIGHTFACE/FACEANALYSIS inputs accept it.
+    """
+    try:
+        from insightface.app import FaceAnalysis
+    except ImportError as exc:
+        raise FaceModelError("insightface is not installed: pip install insightface onnxruntime "
+                             "(or onnxruntime-gpu on CUDA machines)") from exc
+    model_dir = find_model_dir(name, roots)
+    check_onnx_files(model_dir)
+    providers = choose_providers(provider)
+    modules = ["detection", "recognition"] if with_recognition else ["detection"]
+    key = (os.path.realpath(model_dir), tuple(providers), tuple(modules), _fingerprint(model_dir))
+    with _LOCK:
+        fa = _CACHE.get(key)
+        if fa is None:
+            try:
+                fa = FaceAnalysis(name=os.path.abspath(model_dir), root=os.path.dirname(os.path.abspath(model_dir)),
+                                  providers=providers, allowed_modules=modules)
+            except AssertionError as exc:
+                raise FaceModelError(f"no face detection model recognised in {model_dir} (files: "
+                                     f"{_onnx_files(model_dir)}); expected {_expected_text(name)}") from exc
+            except Exception as exc:
+                raise FaceModelError(f"could not load the ONNX models in {model_dir} ({type(exc).__name__}: "
+                                     f"{str(exc)[:300]}). A file is probably corrupt or incomplete: re-download "
+                                     f"'{name}' ({_expected_text(name)}).") from exc
+            if with_recognition and "recognition" not in fa.models:
+                log.warning("face pack %s has no recognition model: FP_FaceEmbed will not work with it", model_dir)
+            _CACHE.clear()  # keep one loaded pack
+            _CACHE[key] = fa
+    ctx_id = -1 if providers == ["CPUExecutionProvider"] else 0
+    fa.prepare(ctx_id=ctx_id, det_thresh=det_thresh, det_size=(det_size, det_size))
+    fa.fp_model_dir = model_dir
+    fa.fp_providers = providers
+    return fa
+
+
+def session_providers(fa):
+    """Providers the loaded ORT sessions actually use ({task: [...]})."""
+    out = {}
+    for task, model in getattr(fa, "models", {}).items():
+        sess = getattr(model, "session", None)
+        if sess is not None and hasattr(sess, "get_providers"):
+            out[task] = list(sess.get_providers())
+    return out

@@ -1,0 +1,133 @@
+"""Residual cross-attention on W+ tokens: the W+ Adapter's RCA and PIDiff's SCA (one computation).
+
+Official ``WPlusAttnProcessor2_0`` (and PIDiff Eq. 3-4), per cross-attention layer::
+
+    h_text = Attn(to_q(x), to_k(c), to_v(c))                     # before to_out
+    h_w    = Attn(to_q_wplus(h_text), to_k_wplus(e), to_v_wplus(e))  # layer's heads, SDPA scale
+    out    = to_out(h_text + lambda * h_w)
+
+``e = mapping(w+)`` (4 tokens) for cond chunks and ``mapping(zeros)`` for uncond chunks. In
+ComfyUI this is an entry of the shared attn2 engine (:mod:`...patch_engine`): the engine computes
+``h_text`` (or calls a foreign occupant), this module's callback returns ``lambda * h_w`` (times
+an optional region mask) and ComfyUI applies ``to_out``.
+"""
+import torch
+
+from ... import patch_engine
+from .adapter import check_wplus, map_to_model
+
+# Official switch-on rule: lambda = 0 for steps i <= min(int(0.2 * steps), 30). With ComfyUI's
+# normal/simple schedulers, step i sits at percent ~ i/steps, so start_percent 0.22 turns the
+# residual on at the first step i >= 0.22 * steps: the official step for 10, 20, 25, 30, 40, 50 steps
+# (and within one step otherwise; the 30-step cap only matters beyond 150 steps).
+OFFICIAL_START_PERCENT = 0.22
+
+
+class ResidualParams:
+    """What one Apply node shares between its per-layer entries: weights, W+ tokens, mask."""
+
+    def __init__(self, weights, wplus, strength, mask=None):
+        self.weights = weights
+        self.strength = float(strength)
+        self.e_cond, self.e_uncond = weights.embed(wplus)
+        self.mask = None
+        if mask is not None:
+            m = mask if torch.is_tensor(mask) else torch.as_tensor(mask)
+            if m.dim() == 2:
+                m = m.unsqueeze(0)
+            if m.dim() != 3:
+                raise ValueError(f"attention mask must be a MASK [B,H,W] or [H,W], got {list(m.shape)}")
+            self.mask = m.detach().float().cpu()
+        self._ctx = {}
+        self._mask_cache = {}
+
+    def to(self, device):  # weights are cast lazily to the activations' device/dtype
+        return self
+
+    def context(self, batch, extra_options, device, dtype):
+        """W+ tokens for every batch row [B,4,C], chosen per chunk from cond_or_uncond."""
+        cou, b = patch_engine.chunk_layout(batch, extra_options)
+        sub = extra_options.get("sub_idxs")
+        key = (tuple(cou), b, tuple(sub) if sub is not None else None, str(device), dtype)
+        got = self._ctx.get(key)
+        if got is not None:
+            return got
+        ec = self.e_cond
+        n = ec.shape[0]
+        if n > 1 and sub is not None:
+            if max(sub) >= n:
+                raise ValueError(f"WPLUS holds {n} codes but the context window asks for frames {list(sub)}")
+            ec = ec[list(sub)]
+            n = ec.shape[0]
+        if n == 1:
+            ec = ec.expand(b, -1, -1)
+        elif n != b:
+            raise ValueError(f"WPLUS holds {n} codes but each cond chunk of this batch has {b} images: "
+                             "give one code (shared) or exactly one per image")
+        eu = self.e_uncond.expand(b, -1, -1)
+        got = torch.cat([eu if c == 1 else ec for c in cou], dim=0).to(device=device, dtype=dtype)
+        if len(self._ctx) > 16:
+            self._ctx.clear()
+        self._ctx[key] = got
+        return got
+
+    def layer_mask(self, q, extra_options):
+        m = patch_engine.mask_for_layer(self.mask, q, extra_options, self._mask_cache)  # [Bm, T, 1]
+        cou, b = patch_engine.chunk_layout(q.shape[0], extra_options)
+        if m.shape[0] == 1:
+            return m
+        sub = extra_options.get("sub_idxs")
+        if sub is not None and m.shape[0] > b:
+            m = m[list(sub)]
+        if m.shape[0] != b:
+            raise ValueError(f"attention mask has {m.shape[0]} frames but each chunk has {b} images: "
+                             "give one mask or one per image")
+        return m.repeat(len(cou), 1, 1)
+
+
+class LayerParams:
+    __slots__ = ("shared", "n")
+
+    def __init__(self, shared, n):
+        self.shared = shared
+        self.n = n
+
+    def to(self, device):
+        return self
+
+
+def residual_attention(h_text, q, k, v, extra_options, entry):
+    """Engine callback: lambda * Attn(to_q'(h_text), to_k'(e), to_v'(e)) [* mask]."""
+    import comfy.ldm.modules.attention as attention
+
+    p = entry.params
+    shared = p.shared
+    wq, wk, wv = shared.weights.layer(p.n, h_text.device, h_text.dtype)
+    e = shared.context(h_text.shape[0], extra_options, h_text.device, h_text.dtype)
+    qw = torch.nn.functional.linear(h_text, wq)
+    kw = torch.nn.functional.linear(e, wk)
+    vw = torch.nn.functional.linear(e, wv)
+    h_w = attention.optimized_attention(qw, kw, vw, extra_options["n_heads"],
+                                        attn_precision=extra_options.get("attn_precision"))
+    if shared.mask is not None:
+        h_w = h_w * shared.layer_mask(h_text, extra_options)
+    return h_w * shared.strength
+
+
+def apply_residual_cross_attention(model, weights, wplus, strength=1.0, start_percent=OFFICIAL_START_PERCENT,
+                                   end_percent=1.0, mask=None, method=None):
+    """MODEL (ModelPatcher) -> patched clone. ``strength`` 0 returns an unpatched clone."""
+    method = method or ("wplus_rca" if weights.kind == "wplus_adapter" else "pidiff_sca")
+    check_wplus(wplus)
+    pairs = map_to_model(weights, model)  # validates family / widths before anything is built
+    if strength == 0:
+        return model.clone()
+    sigma_start, sigma_end = patch_engine.sigma_window(model, start_percent, end_percent)
+    shared = ResidualParams(weights, wplus, strength, mask)
+    by_key = {layer.key: n for layer, n in pairs}
+
+    def make_entry(layer):
+        return patch_engine.Entry(method=method, callback=residual_attention, params=LayerParams(shared, by_key[layer.key]),
+                                  sigma_start=sigma_start, sigma_end=sigma_end, strength=float(strength))
+
+    return patch_engine.add_entry(model, [layer for layer, _ in pairs], make_entry)

@@ -1,0 +1,319 @@
+"""The pack's one attention-patch engine (cross-attention ``attn2`` *replace* slot).
+
+ComfyUI has exactly one ``attn2`` replace callable per block key. This engine keeps, per key, an
+immutable :class:`AttnChain`: an optional *base* (a foreign occupant such as IPAdapter's
+``Attn2Replace``, which we wrap instead of evicting) plus an ordered tuple of :class:`Entry`
+(method name, callback, params, sigma window, optional mask). The chain computes the base
+attention once (the foreign occupant, or core's ``optimized_attention``), then adds every active
+entry's residual, each computed from that base output (``h_text``, before ``to_out``).
+
+Rules (see ``shared/reference/style.md``):
+
+* copy-on-add: :func:`add_entry` builds a new chain and a new ``transformer_options`` dict path on
+  a ``model.clone()``; a chain that another MODEL shares is never mutated;
+* keys are enumerated from the loaded UNet (:func:`cross_attention_layers`), never from tables;
+* the step window is resolved from ``transformer_options['sigmas']`` once per model call
+  (memoised on the sigmas tensor object, so there is one host sync per step, not per layer);
+* an entry that is inactive (outside its window, strength 0) leaves the base output untouched:
+  the result is bit-identical to the unpatched model;
+* ``__deepcopy__`` (ModelPatcher.clone) shares the weights, ``to()``/``models()`` forward to the
+  entries' params and to the wrapped base.
+
+For compatibility with packs that install after us and call ``.add(callback, **kwargs)`` on
+whatever occupies a key (IPAdapter's ``set_model_patch_replace``), a chain also accepts ``add``
+with IPAdapter's callback convention ``callback(out, q, k, v, extra_options, **kwargs)`` and
+``sigma_start``/``sigma_end`` kwargs. Such a pack clones the MODEL first, and a clone owns a fresh
+chain object, so this never reaches a chain another MODEL uses.
+"""
+import copy
+import threading
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+import torch
+
+SLOT = "attn2"
+
+
+# --------------------------------------------------------------------------------------------
+# keys
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class CrossAttnLayer:
+    block: tuple          # ("input", id) / ("middle", 0) / ("output", id): what the UNet sets
+    index: int            # transformer index inside the SpatialTransformer (block_index)
+    depth: int            # number of transformer blocks in that SpatialTransformer
+    heads: int
+    inner_dim: int        # width of q (= attn2.to_q out features)
+    context_dim: int      # width of the text context (attn2.to_k in features)
+
+    @property
+    def key(self):
+        return (self.block[0], self.block[1], self.index)
+
+
+def _spatial_transformers(module):
+    from comfy.ldm.modules.attention import SpatialTransformer
+
+    return [m for m in module.modules() if isinstance(m, SpatialTransformer)]
+
+
+def cross_attention_layers(model):
+    """Every cross-attention layer of a ComfyUI UNet, walking the loaded model.
+
+    ``model``: a ModelPatcher, a BaseModel or the diffusion_model itself. Order: input blocks,
+    output blocks, then the middle block (= diffusers' ``attn_processors`` order: down, up, mid),
+    and inside a block by transformer index.
+    """
+    dm = model
+    if hasattr(dm, "get_model_object"):
+        dm = dm.get_model_object("diffusion_model")
+    elif hasattr(dm, "diffusion_model"):
+        dm = dm.diffusion_model
+    if not hasattr(dm, "input_blocks"):
+        raise TypeError(f"{type(dm).__name__} is not a UNet (input_blocks/middle_block/output_blocks); "
+                        "this patch supports SD1.x/SD2.x/SDXL-style UNets only")
+    groups = [(("input", i), b) for i, b in enumerate(dm.input_blocks)]
+    groups += [(("output", i), b) for i, b in enumerate(dm.output_blocks)]
+    if getattr(dm, "middle_block", None) is not None:
+        groups.append((("middle", 0), dm.middle_block))
+    layers = []
+    for block, mod in groups:
+        for st in _spatial_transformers(mod):
+            tbs = list(st.transformer_blocks)
+            for j, tb in enumerate(tbs):
+                attn2 = getattr(tb, "attn2", None)
+                if attn2 is None:
+                    continue
+                layers.append(CrossAttnLayer(block=block, index=j, depth=len(tbs), heads=int(attn2.heads),
+                                             inner_dim=int(attn2.to_q.weight.shape[0]),
+                                             context_dim=int(attn2.to_k.weight.shape[1])))
+    return layers
+
+
+# --------------------------------------------------------------------------------------------
+# step window
+# --------------------------------------------------------------------------------------------
+_memo = threading.local()
+
+
+def current_sigma(extra_options) -> Optional[float]:
+    """sigma of this model call as a float; one host sync per distinct ``sigmas`` tensor
+    (ComfyUI passes the same tensor object to every layer of one call)."""
+    sigmas = extra_options.get("sigmas")
+    if sigmas is None:
+        return None
+    cached = getattr(_memo, "item", None)
+    if cached is not None and cached[0] is sigmas:
+        return cached[1]
+    value = float(sigmas.detach().reshape(-1)[0].item()) if torch.is_tensor(sigmas) else float(sigmas)
+    _memo.item = (sigmas, value)  # strong ref: the id can't be reused while cached
+    return value
+
+
+def sigma_window(model, start_percent, end_percent):
+    """(sigma_start, sigma_end) from percents of the denoising run, through the model's own
+    ``model_sampling.percent_to_sigma`` (resolved once, at apply time)."""
+    if not 0.0 <= start_percent <= end_percent <= 1.0:
+        raise ValueError(f"need 0 <= start_percent <= end_percent <= 1, got {start_percent}, {end_percent}")
+    ms = model.get_model_object("model_sampling")
+    return float(ms.percent_to_sigma(start_percent)), float(ms.percent_to_sigma(end_percent))
+
+
+# --------------------------------------------------------------------------------------------
+# chain
+# --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, eq=False)
+class Entry:
+    """One method's residual on one key. ``callback(h_text, q, k, v, extra_options, entry)``
+    returns the residual (same shape as ``h_text``) or None for 'nothing to add'."""
+    method: str
+    callback: Callable
+    params: Any = None
+    sigma_start: float = float("inf")
+    sigma_end: float = 0.0
+    strength: float = 1.0
+    mask: Any = None
+    foreign_kwargs: dict = field(default=None)
+
+    def active(self, sigma):
+        if self.strength == 0:
+            return False
+        if sigma is None:
+            return True
+        return self.sigma_end <= sigma <= self.sigma_start
+
+
+def base_attention(q, k, v, extra_options):
+    """Core's cross-attention, exactly as ``CrossAttention.forward`` calls it (looked up at call
+    time so ComfyUI's attention-backend choice and overrides apply)."""
+    import comfy.ldm.modules.attention as attention
+
+    return attention.optimized_attention(q, k, v, extra_options["n_heads"],
+                                         attn_precision=extra_options.get("attn_precision"),
+                                         transformer_options=extra_options)
+
+
+class AttnChain:
+    """Callable installed in ``patches_replace['attn2'][key]``; immutable for our own adds."""
+
+    def __init__(self, key, base=None, entries=()):
+        self.key = key
+        self.base = base
+        self.entries = tuple(entries)
+
+    # ---- construction (copy-on-add) ----
+    def with_entry(self, entry):
+        return AttnChain(self.key, self.base, self.entries + (entry,))
+
+    def add(self, callback, **kwargs):
+        """IPAdapter-compatible in-place add (see module docstring)."""
+        entry = Entry(method=getattr(callback, "__name__", "foreign"), callback=callback,
+                      sigma_start=float(kwargs.get("sigma_start", float("inf"))),
+                      sigma_end=float(kwargs.get("sigma_end", 0.0)), foreign_kwargs=dict(kwargs))
+        self.entries = self.entries + (entry,)
+        for name, value in kwargs.items():  # IPAdapter reads some of them back as attributes
+            if not hasattr(type(self), name) and name not in ("key", "base", "entries"):
+                setattr(self, name, value)
+
+    def methods(self):
+        return [e.method for e in self.entries]
+
+    # ---- ModelPatcher hooks ----
+    def __deepcopy__(self, memo):
+        # weights and callbacks are shared; a foreign base is copied through the same memo so a
+        # clone keeps pointing at the same object as the clone's own dict entry for it.
+        base = copy.deepcopy(self.base, memo) if self.base is not None else None
+        new = AttnChain(self.key, base, self.entries)
+        for name, value in self.__dict__.items():
+            if name not in ("key", "base", "entries"):
+                setattr(new, name, value)
+        memo[id(self)] = new
+        return new
+
+    def to(self, device):
+        if self.base is not None and hasattr(self.base, "to"):
+            self.base = self.base.to(device)
+        seen = set()
+        for e in self.entries:
+            p = e.params
+            if p is not None and hasattr(p, "to") and id(p) not in seen:
+                seen.add(id(p))
+                p.to(device)
+        return self
+
+    def models(self):
+        out = []
+        if self.base is not None and hasattr(self.base, "models"):
+            out += list(self.base.models())
+        for e in self.entries:
+            if e.params is not None and hasattr(e.params, "models"):
+                out += list(e.params.models())
+        return out
+
+    # ---- forward ----
+    def __call__(self, q, k, v, extra_options):
+        out = self.base(q, k, v, extra_options) if self.base is not None else base_attention(q, k, v, extra_options)
+        if not self.entries:
+            return out
+        sigma = current_sigma(extra_options)
+        result = out
+        for e in self.entries:
+            if not e.active(sigma):
+                continue
+            if e.foreign_kwargs is not None:
+                res = e.callback(out, q, k, v, extra_options, **e.foreign_kwargs)
+            else:
+                res = e.callback(out, q, k, v, extra_options, e)
+            if res is not None:
+                result = result + res.to(result.dtype)
+        return result
+
+
+# --------------------------------------------------------------------------------------------
+# installation
+# --------------------------------------------------------------------------------------------
+def _attn2_dict(model_options):
+    return model_options.get("transformer_options", {}).get("patches_replace", {}).get(SLOT, {})
+
+
+def _install_key(layer, occupied):
+    """Key to install on: the 3-tuple if something is there (it wins in core's lookup) or the block
+    has several transformers; else the 2-tuple ``(block, id)`` that SD1.5 packs (IPAdapter) use, so
+    a pack installing after us finds our chain and chains onto it."""
+    k3 = layer.key
+    if k3 in occupied or layer.depth > 1:
+        return k3
+    return tuple(layer.block)
+
+
+def add_entry(model, layers, make_entry):
+    """Clone ``model`` and add one entry per layer. ``make_entry(layer) -> Entry``.
+
+    Returns the patched clone; ``model`` itself is untouched (its model_options dicts and chains
+    are never written).
+    """
+    m = model.clone()
+    to = m.model_options["transformer_options"].copy()
+    pr = dict(to.get("patches_replace", {}))
+    slot = dict(pr.get(SLOT, {}))
+    for layer in layers:
+        key = _install_key(layer, slot)
+        current = slot.get(key)
+        if current is None and len(key) == 3:
+            current = slot.get(tuple(layer.block))  # core falls back to the 2-tuple: it is the occupant
+        entry = make_entry(layer)
+        if isinstance(current, AttnChain):
+            chain = current.with_entry(entry) if current.key == key else AttnChain(key, current, (entry,))
+        else:
+            chain = AttnChain(key, current, (entry,))  # None, or a foreign callable wrapped as base
+        slot[key] = chain
+    pr[SLOT] = slot
+    to["patches_replace"] = pr
+    m.model_options["transformer_options"] = to
+    return m
+
+
+def installed_chains(model):
+    """{key: AttnChain} of the engine's chains on a ModelPatcher (or model_options dict)."""
+    mo = model if isinstance(model, dict) else model.model_options
+    return {k: v for k, v in _attn2_dict(mo).items() if isinstance(v, AttnChain)}
+
+
+# --------------------------------------------------------------------------------------------
+# helpers for residual methods
+# --------------------------------------------------------------------------------------------
+def chunk_layout(batch, extra_options):
+    """(cond_or_uncond list, chunk size): ComfyUI stacks one chunk per entry of
+    ``cond_or_uncond`` (0 = cond, 1 = uncond), in an order that varies."""
+    cou = list(extra_options.get("cond_or_uncond") or [0])
+    if batch % len(cou) != 0:
+        cou = [0]
+    return cou, batch // len(cou)
+
+
+def mask_for_layer(mask, q, extra_options, cache):
+    """Spatial mask [Bm,H,W] resized to this layer's token grid -> [Bm, tokens, 1] (cached per grid)."""
+    import torch.nn.functional as F
+
+    tokens = q.shape[1]
+    shape = extra_options.get("activations_shape")
+    if shape is not None and len(shape) == 4 and shape[2] * shape[3] == tokens:
+        h, w = int(shape[2]), int(shape[3])
+    else:
+        oh, ow = extra_options["original_shape"][-2:]
+        import math
+
+        f = math.sqrt(oh * ow / tokens)
+        h = int(math.ceil(oh / f))
+        w = tokens // h
+    ck = (h, w, q.device, q.dtype)
+    got = cache.get(ck)
+    if got is None:
+        m = mask
+        if m.dim() == 2:
+            m = m.unsqueeze(0)
+        m = F.interpolate(m.unsqueeze(1).float(), size=(h, w), mode="bilinear", align_corners=False)
+        got = m.reshape(m.shape[0], h * w, 1).to(device=q.device, dtype=q.dtype)
+        cache[ck] = got
+    return got

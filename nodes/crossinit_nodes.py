@@ -1,0 +1,153 @@
+"""Cross Initialization and identity-embedding files: nodes that patch a CLIP with a trigger word."""
+import os
+
+from ._common import category
+from ..models_loader import clip_tokens, paths
+from ..models_loader.methods.crossinit import core
+
+IDENTITY = "IDENTITY_EMBEDDING"
+_TRIGGER_TIP = ("Word to type in your prompts (e.g. 'a photo of <face> person'); it is replaced by the identity "
+                "vectors as inline tokens. One word, no spaces; matched case-insensitively as a whole word.")
+
+
+def _identity_files():
+    out = []
+    for folder in ("crossinit", "embeddings"):
+        try:
+            out += [f"{folder}/{f}" for f in paths.list_files(folder)]
+        except Exception:  # folder not registered in this ComfyUI
+            pass
+    return out or ["(no files in models/crossinit or models/embeddings)"]
+
+
+def _resolve_identity_file(choice):
+    folder, _, name = choice.partition("/")
+    if folder not in ("crossinit", "embeddings") or not name:
+        raise FileNotFoundError(f"{choice!r}: pick a file from models/crossinit or models/embeddings "
+                                "(official learned_embeds.bin, or a .safetensors saved by FP_SaveIdentityEmbedding)")
+    return paths.resolve(folder, name)
+
+
+class CrossInitEmbedding:
+    DESCRIPTION = ("Cross Initialization (CVPR 2024): computes the official initial identity embedding (mean of the "
+                   "first two BPE tokens of 691 celebrity names, run through this CLIP's text encoder, rows 1..2 after "
+                   "the final LayerNorm) and maps a trigger word to those two tokens. Works for SD1.x, SD2.x and SDXL "
+                   "(one pair of vectors per encoder). Use the trigger word in any CLIPTextEncode; the UNet is untouched.")
+    CATEGORY = category("crossinit")
+    RETURN_TYPES = ("CLIP", IDENTITY)
+    RETURN_NAMES = ("clip", "identity_embedding")
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "Text encoder(s) of an SD1.x, SD2.x or SDXL checkpoint."}),
+                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
+            },
+            "optional": {
+                "names_file": ("STRING", {"default": "", "tooltip": "Optional path to your own names list (one "
+                                          "'First Last' per line). Empty: the official wiki_names_v2.txt shipped with the pack."}),
+            },
+        }
+
+    def execute(self, clip, trigger_word, names_file=""):
+        names = core.load_names(names_file.strip() or None)
+        vectors = core.cross_init_vectors(clip, names)
+        identity = core.make_identity(trigger_word.strip(), vectors, "crossinit")
+        return (clip_tokens.apply_trigger(clip, trigger_word, vectors, what="cross-init embedding"), identity)
+
+
+class FP_LoadIdentityEmbedding:
+    DESCRIPTION = ("Loads an identity embedding (official Cross Initialization learned_embeds.bin with '<id>_v0/_v1' "
+                   "tokens, or a file saved by Save Identity Embedding / a textual-inversion file) from models/crossinit "
+                   "or models/embeddings and maps a trigger word in the prompt to its tokens. The embedding must match "
+                   "the CLIP's width (SD1.x 768, SD2.x 1024, SDXL 768+1280).")
+    CATEGORY = category("crossinit")
+    RETURN_TYPES = ("CLIP", IDENTITY)
+    RETURN_NAMES = ("clip", "identity_embedding")
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "Text encoder to patch with the trigger word."}),
+                "embedding_file": (_identity_files(), {"tooltip": "File in models/crossinit or models/embeddings "
+                                                       "(.bin/.pt loaded tensor-only, or .safetensors)."}),
+                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
+            },
+        }
+
+    def execute(self, clip, embedding_file, trigger_word):
+        identity = core.load_identity_file(_resolve_identity_file(embedding_file))
+        return (clip_tokens.apply_trigger(clip, trigger_word, identity["vectors"], what=f"embedding {embedding_file}"), identity)
+
+
+class FP_ApplyIdentityEmbedding:
+    DESCRIPTION = ("Maps a trigger word in the prompt to the tokens of an IDENTITY_EMBEDDING (from Cross Initialization, "
+                   "AdaFace or a loaded file) on another CLIP, e.g. to reuse one identity in several branches.")
+    CATEGORY = category("crossinit")
+    RETURN_TYPES = ("CLIP",)
+    RETURN_NAMES = ("clip",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "Text encoder to patch with the trigger word."}),
+                "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to insert for the trigger word."}),
+                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
+            },
+        }
+
+    def execute(self, clip, identity_embedding, trigger_word):
+        return (clip_tokens.apply_trigger(clip, trigger_word, identity_embedding["vectors"]),)
+
+
+class FP_SaveIdentityEmbedding:
+    DESCRIPTION = ("Saves an identity embedding into models/embeddings as <name>.safetensors in the format ComfyUI's "
+                   "'embedding:<name>' prompt syntax reads (one [N, D] tensor; per-encoder clip_l/clip_g for SDXL), so "
+                   "plain CLIPTextEncode can use it without this pack.")
+    CATEGORY = category("crossinit")
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to save."}),
+                "name": ("STRING", {"default": "my_face", "tooltip": "File name (without extension) in models/embeddings; "
+                                    "use it in prompts as embedding:<name>."}),
+                "overwrite": ("BOOLEAN", {"default": True, "tooltip": "Replace an existing file of that name."}),
+            },
+        }
+
+    def execute(self, identity_embedding, name, overwrite=True):
+        name = name.strip()
+        if not name or os.path.basename(name) != name or name.startswith("."):
+            raise ValueError(f"invalid embedding name {name!r}: use a plain file name without folders")
+        path = os.path.join(paths.model_dir("embeddings"), name + ".safetensors")
+        if os.path.exists(path) and not overwrite:
+            raise FileExistsError(f"{path} exists; enable overwrite or choose another name")
+        core.save_identity_file(identity_embedding, path)
+        msg = f"saved {path}; use it in a prompt as embedding:{name}"
+        return {"ui": {"text": [msg]}, "result": (path,)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "CrossInitEmbedding": CrossInitEmbedding,
+    "FP_LoadIdentityEmbedding": FP_LoadIdentityEmbedding,
+    "FP_ApplyIdentityEmbedding": FP_ApplyIdentityEmbedding,
+    "FP_SaveIdentityEmbedding": FP_SaveIdentityEmbedding,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "CrossInitEmbedding": "Cross Initialization Embedding",
+    "FP_LoadIdentityEmbedding": "Load Identity Embedding (CrossInit / file)",
+    "FP_ApplyIdentityEmbedding": "Apply Identity Embedding to CLIP",
+    "FP_SaveIdentityEmbedding": "Save Identity Embedding (embedding:)",
+}

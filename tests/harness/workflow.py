@@ -1,0 +1,126 @@
+"""Convert between ComfyUI's UI workflow format (what users load: nodes + links + widgets_values)
+and the API prompt format (what /prompt executes).
+
+``input_types(class_type)`` returns the node class's INPUT_TYPES() dict (in-process: from
+NODE_CLASS_MAPPINGS; against a server: from /object_info). Both directions follow the frontend's
+rules: widget inputs fill ``widgets_values`` in declaration order, a seed-like INT gets an extra
+"control_after_generate" entry, linked inputs appear in ``inputs`` with a link id.
+"""
+import json
+
+WIDGET_PRIMITIVES = {"INT", "FLOAT", "STRING", "BOOLEAN"}
+SKIP_NODE_TYPES = {"Note", "MarkdownNote"}
+
+
+def _is_widget(spec):
+    kind = spec[0]
+    return isinstance(kind, list) or kind in WIDGET_PRIMITIVES or kind == "COMBO"
+
+
+def _has_control_widget(name, spec):
+    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+    if "control_after_generate" in opts:
+        return bool(opts["control_after_generate"])
+    return spec[0] == "INT" and name in ("seed", "noise_seed")
+
+
+def _ordered_inputs(types):
+    for group in ("required", "optional"):
+        for name, spec in (types.get(group) or {}).items():
+            yield name, spec
+
+
+def api_to_ui(prompt, input_types, title=None, output_types=None):
+    """API prompt -> UI workflow (simple grid layout). ``output_types(class_type)`` (e.g. the node
+    class's RETURN_TYPES) gives typed output slots; without it links are typed by the input."""
+    ids = {key: i + 1 for i, key in enumerate(prompt)}
+    nodes, links = [], []
+    out_links = {}  # (node_id, slot) -> [link ids]
+    link_id = 0
+    for key, node in prompt.items():
+        nid = ids[key]
+        types = input_types(node["class_type"])
+        ui_inputs, widgets = [], []
+        for name, spec in _ordered_inputs(types):
+            value = node["inputs"].get(name)
+            linked = isinstance(value, list) and len(value) == 2 and isinstance(value[0], str) and value[0] in prompt
+            if _is_widget(spec):
+                if linked:
+                    raise ValueError(f"{key}.{name}: widget inputs driven by links are not supported here")
+                if value is None:
+                    opts = spec[1] if len(spec) > 1 and isinstance(spec[1], dict) else {}
+                    value = opts.get("default", spec[0][0] if isinstance(spec[0], list) and spec[0] else None)
+                widgets.append(value)
+                if _has_control_widget(name, spec):
+                    widgets.append("fixed")
+            elif linked:
+                link_id += 1
+                src, slot = ids[value[0]], value[1]
+                link_type = spec[0]
+                if output_types is not None:
+                    link_type = output_types(prompt[value[0]]["class_type"])[slot]
+                links.append([link_id, src, slot, nid, len(ui_inputs), link_type])
+                out_links.setdefault((src, slot), []).append(link_id)
+                ui_inputs.append({"name": name, "type": spec[0], "link": link_id})
+            elif name in (types.get("required") or {}):
+                raise ValueError(f"{key}: required input {name!r} is not connected")
+        nodes.append({"id": nid, "type": node["class_type"], "pos": [300 * ((nid - 1) % 5), 250 * ((nid - 1) // 5)],
+                      "size": [280, 120], "flags": {}, "order": nid - 1, "mode": 0, "inputs": ui_inputs,
+                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
+                      "widgets_values": widgets, "title": node.get("_meta", {}).get("title", key)})
+    for n in nodes:
+        if output_types is not None:
+            kinds = list(output_types(n["type"]))
+        else:
+            used = [s for (src, s) in out_links if src == n["id"]]
+            kinds = ["*"] * (max(used) + 1 if used else 0)
+        n["outputs"] = [{"name": str(kind), "type": kind, "slot_index": s, "links": out_links.get((n["id"], s), [])}
+                        for s, kind in enumerate(kinds)]
+    return {"last_node_id": len(nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+            "groups": [], "config": {}, "extra": {"title": title or ""}, "version": 0.4}
+
+
+def ui_to_api(workflow, input_types):
+    """UI workflow -> API prompt. Muted (mode 2) and bypassed (mode 4) nodes are left out; Reroute
+    nodes are followed through."""
+    nodes = {n["id"]: n for n in workflow["nodes"]}
+    links = {lk[0]: lk for lk in workflow["links"]}
+
+    def source(link_id):
+        _, src, slot, _, _, _ = links[link_id]
+        while nodes[src]["type"] == "Reroute":
+            src, slot = links[nodes[src]["inputs"][0]["link"]][1:3]
+        return [str(src), slot]
+
+    prompt = {}
+    for nid, node in nodes.items():
+        if node["type"] in SKIP_NODE_TYPES or node["type"] == "Reroute" or node.get("mode", 0) in (2, 4):
+            continue
+        types = input_types(node["type"])
+        values = list(node.get("widgets_values") or [])
+        linked = {i["name"]: i["link"] for i in node.get("inputs", []) if i.get("link") is not None}
+        inputs = {}
+        for name, spec in _ordered_inputs(types):
+            if _is_widget(spec):
+                value = values.pop(0) if values else None
+                if _has_control_widget(name, spec) and values and values[0] in ("fixed", "increment", "decrement", "randomize"):
+                    values.pop(0)
+                if name in linked:
+                    inputs[name] = source(linked[name])
+                elif value is not None:
+                    inputs[name] = value
+            elif name in linked:
+                inputs[name] = source(linked[name])
+        prompt[str(nid)] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": node.get("title", node["type"])}}
+    return prompt
+
+
+def load(path):
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def save(workflow, path):
+    with open(path, "w", encoding="utf-8") as f:
+        json.dump(workflow, f, indent=1)
+        f.write("\n")
