@@ -56,10 +56,11 @@ else
     "$py" -m pip install -q "${cons[@]}" $TORCH_SPEC >&2
     "$py" -m pip install -q "${cons[@]}" -r "$comfy/requirements.txt" requests >&2
     "$py" -m pip install -q "${cons[@]}" -r "$repo/.ci/requirements-host.txt" >&2
-    "$py" -c "import torch, torchvision, comfy" 2>/dev/null || true
+    # a mismatched torch/torchvision pair fails here, not later inside `import comfy.sd`
+    ( cd "$comfy" && "$py" -c "import torch, torchvision, torchvision.ops" ) || { echo "torch/torchvision broken in $venv" >&2; exit 3; }
     touch "$venv/.complete"
   fi
 fi
-( cd "$comfy" && "$py" -c "import torch, torchvision" ) || { echo "torch/torchvision broken in $py" >&2; exit 3; }
+[[ -x "$py" ]] || { echo "no python at $py" >&2; exit 3; }
 echo "FP_PY=$py"
 echo "FP_COMFY=$comfy"

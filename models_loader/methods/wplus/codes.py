@@ -125,3 +125,21 @@ def style_mix(a, b, start, end):
 def average(wplus):
     """Mean over the batch -> [1,18,512] (one identity from several photos)."""
     return as_wplus(wplus).mean(dim=0, keepdim=True)
+
+
+def save_wplus_named(wplus, filename, ext, folder, overwrite=False):
+    """Save under ``folder`` (or an absolute ``filename``) with extension ``ext``; without ``overwrite``
+    an existing file gets a numbered sibling (``name_00001.pt``). Returns the path written."""
+    filename = (filename or "").strip()
+    if not filename:
+        raise ValueError("Save W+ Code: the file name is empty")
+    stem = filename
+    if os.path.splitext(stem)[1].lower() in set(FORMATS.values()) | {".sft"}:
+        stem = os.path.splitext(stem)[0]
+    base = stem if os.path.isabs(stem) else os.path.join(folder, stem)
+    path = base + ext
+    n = 0
+    while not overwrite and os.path.exists(path):
+        n += 1
+        path = f"{base}_{n:05d}{ext}"
+    return save_wplus(wplus, path)

@@ -205,7 +205,8 @@ _cache = {}
 def _cached(path, loader):
     key = (loader.__name__, path, os.path.getmtime(path))
     if key not in _cache:
-        _cache.clear() if len(_cache) > 32 else None
+        if len(_cache) > 32:
+            _cache.clear()
         _cache[key] = loader(path)
     return _cache[key]
 

@@ -1,0 +1,91 @@
+"""AdaFace: ArcFace embedding -> identity tokens inserted into the prompt under a trigger word."""
+from ._common import category
+from ..models_loader import clip_tokens, paths, safe_load
+from ..models_loader.methods.adaface import load as ada_load
+from ..models_loader.methods.crossinit import core
+
+ADAFACE = "ADAFACE"
+_NONE = "(none)"
+
+
+def _files(folder):
+    try:
+        return paths.list_files(folder)
+    except Exception:
+        return []
+
+
+class LoadAdaFace:
+    DESCRIPTION = ("Loads an AdaFace prompt inverter (official adaface .pt/.ckpt, read with a restricted unpickler that "
+                   "never runs checkpoint code, or the pack's .safetensors) and the Arc2Face text encoder (HF "
+                   "CLIPTextModel safetensors) from models/adaface. In a joint checkpoint the Arc2Face generator is used.")
+    CATEGORY = category("adaface")
+    RETURN_TYPES = (ADAFACE,)
+    RETURN_NAMES = ("adaface",)
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        files = _files("adaface") or ["(no files in models/adaface)"]
+        return {
+            "required": {
+                "adaface_file": (files, {"tooltip": "AdaFace checkpoint in models/adaface (official .pt/.ckpt or pack .safetensors)."}),
+                "arc2face_encoder": ([_NONE] + _files("adaface"), {"tooltip": "Arc2Face text encoder (arc2face/encoder/"
+                                     "model.safetensors) in models/adaface; '(none)' if the AdaFace file contains it."}),
+                "layer_weights": (["official", "checkpoint"], {"tooltip": "Weights of the last 3 inverter layers: 'official' = "
+                                  "[1, 2, 4] as the official loader re-initialises them; 'checkpoint' = the learned values in the file."}),
+            },
+        }
+
+    def execute(self, adaface_file, arc2face_encoder, layer_weights):
+        path = paths.resolve("adaface", adaface_file)
+        arc = None if arc2face_encoder == _NONE else paths.resolve("adaface", arc2face_encoder)
+        return (ada_load.load_adaface(path, arc, layer_weights=layer_weights),)
+
+
+class AdaFaceInvert:
+    DESCRIPTION = ("AdaFace: turns ArcFace face embeddings into identity tokens in the text space (Arc2Face encoder + "
+                   "prompt inverter) and maps a trigger word in the prompt to them as inline tokens (no vocabulary or "
+                   "UNet change, so it composes with ControlNet and AnimateDiff). Put the trigger word only in the "
+                   "positive prompt; the negative prompt stays plain text, as in the official pipeline. SD1.5 text space (768).")
+    CATEGORY = category("adaface")
+    RETURN_TYPES = ("CLIP", "IDENTITY_EMBEDDING")
+    RETURN_NAMES = ("clip", "identity_embedding")
+    FUNCTION = "execute"
+
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "clip": ("CLIP", {"tooltip": "SD1.x text encoder (768 wide) to patch with the trigger word."}),
+                "adaface": (ADAFACE, {"tooltip": "Model from Load AdaFace."}),
+                "trigger_word": ("STRING", {"default": "<ada>", "tooltip": "Word to type in the positive prompt "
+                                 "(e.g. '<ada> in a forest'); replaced by the N identity tokens."}),
+                "id_cfg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Official "
+                                 "pad blend of the identity tokens: ada*s + pad*(1-s). 1 = Arc2Face default (no blend); "
+                                 "the ConsistentID branch uses 6."}),
+            },
+            "optional": {
+                "face_embeds": ("FACE_EMBEDS", {"tooltip": "ArcFace (antelopev2) embeddings [N, 512]; several faces are "
+                                "averaged (normalised, mean, renormalised), as the official avg_at_stage='id_emb'."}),
+                "embeds_file": ([_NONE] + _files("face_embeds"), {"tooltip": "Or a saved embedding (.pt tensor [N, 512], "
+                                "e.g. AdaFace's mean_emb_*.pt) from models/face_embeds; used when face_embeds is not connected."}),
+            },
+        }
+
+    def execute(self, clip, adaface, trigger_word, id_cfg_scale, face_embeds=None, embeds_file=_NONE):
+        if face_embeds is not None:
+            faces = ada_load.load_face_embeds(face_embeds, "face_embeds input")
+        elif embeds_file and embeds_file != _NONE:
+            path = paths.resolve("face_embeds", embeds_file)
+            faces = ada_load.load_face_embeds(safe_load.load_file(path), embeds_file)
+        else:
+            raise ValueError("AdaFaceInvert needs face embeddings: connect face_embeds or choose an embeds_file "
+                             "(models/face_embeds)")
+        tokens = adaface.encode(faces, cfg_scale=id_cfg_scale)
+        identity = core.make_identity(trigger_word.strip(), {"clip_l": tokens}, "adaface")
+        return (clip_tokens.apply_trigger(clip, trigger_word, {"clip_l": tokens}, what="AdaFace identity (768-d, SD1.x)"), identity)
+
+
+NODE_CLASS_MAPPINGS = {"LoadAdaFace": LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}
+NODE_DISPLAY_NAME_MAPPINGS = {"LoadAdaFace": "Load AdaFace", "AdaFaceInvert": "AdaFace Invert (face -> prompt tokens)"}

@@ -1,0 +1,271 @@
+"""Face pipeline nodes: load/detect/embed/align/mask. Logic lives in models_loader/face/."""
+import os
+
+from ._common import FACE_ANALYSIS_TYPES, category
+from ..models_loader import paths
+from ..models_loader.face import align as _align
+from ..models_loader.face import analysis as _analysis
+from ..models_loader.face import detect as _detect
+from ..models_loader.face import embed as _embed
+from ..models_loader.face import mask as _mask
+from ..models_loader.face.types import FACE_ALIGN_TRANSFORM, FACE_EMBEDS, FACES
+
+CAT = category("face")
+
+
+def _pack_names():
+    names = set(_analysis.KNOWN_PACKS)
+    try:
+        for root in _analysis.insightface_roots():
+            d = os.path.join(root, "models")
+            if os.path.isdir(d):
+                names.update(n for n in os.listdir(d) if os.path.isdir(os.path.join(d, n)))
+    except Exception:
+        pass
+    return ["antelopev2", "buffalo_l"] + sorted(names - {"antelopev2", "buffalo_l"})
+
+
+class FaceAnalysisLoader:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "model_pack": (_pack_names(), {"default": "antelopev2", "tooltip": "insightface model pack folder in models/insightface/models/ (antelopev2: AdaFace/Arc2Face; buffalo_l)."}),
+            "provider": (_analysis.PROVIDER_CHOICES, {"default": "auto", "tooltip": "ONNX Runtime provider: auto picks CUDA / ROCm / CoreML / DirectML when available, else CPU."}),
+            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Default detection size for .get() (FP_FaceDetect passes its own sizes)."}),
+        }}
+
+    RETURN_TYPES = ("FACE_ANALYSIS",)
+    RETURN_NAMES = ("face_analysis",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = ("Loads an insightface FaceAnalysis (detection + ArcFace recognition) from "
+                   "models/insightface/models/<pack>/, checking the folder first (nested zip layout, missing or "
+                   "corrupt files give clear errors). The output also plugs into other packs' INSIGHTFACE inputs.")
+
+    def execute(self, model_pack, provider, det_size):
+        return (_analysis.load_face_analysis(model_pack, provider, det_size),)
+
+
+class OfflineFaceDetector:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Minimum detection confidence."}),
+            "max_faces": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most faces looked for per image."}),
+        }}
+
+    RETURN_TYPES = ("FACE_ANALYSIS",)
+    RETURN_NAMES = ("face_analysis",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = ("An offline face detector (MediaPipe face detection + face mesh, weights bundled in the "
+                   "mediapipe==0.10.14 wheel, nothing to download). Gives boxes, 5 landmarks and scores like "
+                   "insightface, but no identity embedding.")
+
+    def execute(self, det_thresh, max_faces):
+        from ..models_loader.face.offline import load_offline_detector
+
+        return (load_offline_detector(det_thresh, max_faces),)
+
+
+class FaceDetect:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Image batch to find faces in."}),
+            "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "FP_FaceAnalysisLoader, FP_OfflineFaceDetector, or another pack's insightface loader."}),
+            "select": (_detect.SELECT_MODES, {"default": "largest", "tooltip": "Per image: the largest face, the face at 'index' (left to right), or all faces."}),
+            "index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Face index (from 0, left to right) when select is 'index'."}),
+            "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "Stop with an error naming the image, or skip images without a face."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Detection confidence threshold."}),
+        }}
+
+    RETURN_TYPES = (FACES,)
+    RETURN_NAMES = ("faces",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = ("Finds faces in an image batch (retrying detection sizes 640, 320, 256) and returns FACES: "
+                   "box, 5 landmarks, score and, when the analysis has a recognition model, an ArcFace embedding.")
+
+    def execute(self, image, face_analysis, select, index, if_no_face, det_thresh):
+        return (_detect.detect_faces(image, face_analysis, select, index, if_no_face, det_thresh=det_thresh),)
+
+
+class FaceEmbed:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect."}),
+            "mode": (_embed.EMBED_MODES, {"default": "per_face", "tooltip": "One embedding per face, or the normalised mean (one identity from several photos)."}),
+        }, "optional": {
+            "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "Optional: recompute embeddings with this analysis' recognition model (needs 'image')."}),
+            "image": ("IMAGE", {"tooltip": "The images the faces were detected on (only with face_analysis)."}),
+        }}
+
+    RETURN_TYPES = (FACE_EMBEDS,)
+    RETURN_NAMES = ("face_embeds",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = "ArcFace identity embeddings [N, 512] (L2-normalised) of detected faces, per face or their mean."
+
+    def execute(self, faces, mode, face_analysis=None, image=None):
+        if face_analysis is not None:
+            if image is None:
+                raise ValueError("FP_FaceEmbed: connect 'image' together with 'face_analysis'")
+            faces = _embed.compute_embeddings(image, faces, face_analysis)
+        return (_embed.face_embeds(faces, mode),)
+
+
+class SaveFaceEmbeds:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "face_embeds": (FACE_EMBEDS, {"tooltip": "Embeddings to save."}),
+            "filename": ("STRING", {"default": "my_face.safetensors", "tooltip": "File name in models/face_embeds (.safetensors or .pt)."}),
+        }}
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    CATEGORY = CAT
+    DESCRIPTION = "Saves FACE_EMBEDS to models/face_embeds so FP_LoadFaceEmbeds can reuse an identity without photos."
+
+    def execute(self, face_embeds, filename):
+        path = _embed.save_embeds(face_embeds, filename, paths.model_dir("face_embeds"))
+        return {"ui": {"text": [path]}, "result": (path,)}
+
+
+class LoadFaceEmbeds:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "embeds_file": (paths.list_files("face_embeds") or ["none"], {"tooltip": "A .pt/.safetensors file in models/face_embeds (e.g. mean_emb_*.pt)."}),
+        }, "optional": {
+            "path": ("STRING", {"default": "", "tooltip": "Absolute path to an embeddings file; overrides embeds_file when set."}),
+        }}
+
+    RETURN_TYPES = (FACE_EMBEDS,)
+    RETURN_NAMES = ("face_embeds",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = "Loads ArcFace embeddings ([N, 512] or [512], e.g. AdaFace's mean_emb_*.pt) as L2-normalised FACE_EMBEDS."
+
+    def execute(self, embeds_file, path=""):
+        path = (path or "").strip()
+        if path:
+            if not os.path.isabs(path):
+                raise ValueError(f"'path' must be absolute, got {path!r}")
+            return (_embed.load_embeds(path),)
+        if embeds_file == "none":
+            raise ValueError(f"no embeddings file: put one into {paths.model_dir('face_embeds')} or set 'path'")
+        return (_embed.load_embeds(paths.resolve("face_embeds", embeds_file)),)
+
+
+class FaceAlign:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The images the faces were detected on."}),
+            "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect; one crop per face."}),
+            "template": (["ffhq", "arcface"], {"default": "ffhq", "tooltip": "ffhq: e4e/W+ Adapter style crop (5-point approximation of the dlib alignment); arcface: recognition crop."}),
+            "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop size: 256/512/1024 for ffhq, 112 for arcface."}),
+            "padding": (list(_align.PADDING_MODES), {"default": "reflect", "tooltip": "How to fill outside the photo."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE", FACE_ALIGN_TRANSFORM)
+    RETURN_NAMES = ("aligned", "transform")
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = ("Aligns each face to the FFHQ or ArcFace template (least-squares similarity transform, kornia warp) "
+                   "and outputs the crops plus the transform for FP_FacePasteBack.")
+
+    def execute(self, image, faces, template, size, padding):
+        return _align.align_faces(image, faces, template, size, padding)
+
+
+class FacePasteBack:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "The original images."}),
+            "aligned": ("IMAGE", {"tooltip": "The (edited) aligned crops, one per face, any square size."}),
+            "transform": (FACE_ALIGN_TRANSFORM, {"tooltip": "From FP_FaceAlign."}),
+            "feather": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip": "Soft edge width in crop pixels."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = "Warps aligned face crops back into the original images with the inverse alignment transform."
+
+    def execute(self, image, aligned, transform, feather):
+        return (_align.paste_back(image, aligned, transform, feather),)
+
+
+class FaceMask:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect."}),
+            "image": ("IMAGE", {"tooltip": "Images the faces were found in (sets the mask size)."}),
+            "shape": (_mask.MASK_SHAPES, {"default": "convex_hull", "tooltip": "Hull of landmark-derived face outline, an ellipse, or the box."}),
+            "grow": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.05, "tooltip": "Scale of the region around its centre."}),
+            "feather": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Gaussian feather width in pixels."}),
+        }}
+
+    RETURN_TYPES = ("MASK",)
+    RETURN_NAMES = ("mask",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = "A face MASK per image (union of its faces) from landmarks or boxes, feathered."
+
+    def execute(self, faces, image, shape, grow, feather):
+        _detect.check_images(image, "FP_FaceMask")
+        return (_mask.face_mask(faces, shape, grow, feather, image.shape[1], image.shape[2]),)
+
+
+class WhitenBackground:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images (e.g. aligned faces)."}),
+            "mask": ("MASK", {"tooltip": "Face mask (1 = keep)."}),
+            "blur": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Mask blur in pixels."}),
+        }}
+
+    RETURN_TYPES = ("IMAGE",)
+    RETURN_NAMES = ("image",)
+    FUNCTION = "execute"
+    CATEGORY = CAT
+    DESCRIPTION = "W+ Adapter preprocessing: keeps the masked face and paints the rest white (img*m + (1-m))."
+
+    def execute(self, image, mask, blur):
+        return (_mask.whiten_background(image, mask, blur),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "FP_FaceAnalysisLoader": FaceAnalysisLoader,
+    "FP_OfflineFaceDetector": OfflineFaceDetector,
+    "FP_FaceDetect": FaceDetect,
+    "FP_FaceEmbed": FaceEmbed,
+    "FP_SaveFaceEmbeds": SaveFaceEmbeds,
+    "FP_LoadFaceEmbeds": LoadFaceEmbeds,
+    "FP_FaceAlign": FaceAlign,
+    "FP_FacePasteBack": FacePasteBack,
+    "FP_FaceMask": FaceMask,
+    "FP_WhitenBackground": WhitenBackground,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "FP_FaceAnalysisLoader": "Face Analysis Loader (insightface)",
+    "FP_OfflineFaceDetector": "Offline Face Detector (mediapipe)",
+    "FP_FaceDetect": "Face Detect",
+    "FP_FaceEmbed": "Face Embed (ArcFace)",
+    "FP_SaveFaceEmbeds": "Save Face Embeds",
+    "FP_LoadFaceEmbeds": "Load Face Embeds",
+    "FP_FaceAlign": "Face Align (FFHQ / ArcFace)",
+    "FP_FacePasteBack": "Face Paste Back",
+    "FP_FaceMask": "Face Mask",
+    "FP_WhitenBackground": "Whiten Background",
+}

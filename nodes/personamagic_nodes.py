@@ -1,0 +1,124 @@
+"""PersonaMagic nodes: load a mapper, apply stage-regulated textual inversion to MODEL + prompt."""
+import os
+
+from ._common import category
+from ..models_loader import paths
+from ..models_loader.methods.personamagic import checkpoint as pm_ckpt
+from ..models_loader.methods.personamagic import staged as pm_staged
+
+CAT = category("personamagic")
+
+
+class LoadPersonaMagic:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "mapper_name": (paths.list_files("personamagic"), {
+                "tooltip": "Mapper in models/personamagic: an official mapper-steps-N.pt (loaded with a restricted "
+                           "unpickler, no pickled code runs) or the pack's .safetensors mapper."}),
+        }}
+
+    RETURN_TYPES = ("PERSONAMAGIC_MAPPER",)
+    RETURN_NAMES = ("mapper",)
+    FUNCTION = "load"
+    CATEGORY = CAT
+    DESCRIPTION = ("Loads a PersonaMagic timestep mapper (4 identity tokens per denoising timestep plus the "
+                   "image bypass head). Reads the official mapper-steps-N.pt without executing pickled code "
+                   "(only models.positional_encoding.TimePositionalEncoding is mapped, as inert data) and the "
+                   "pack's safetensors format. The learned_embeds-steps-N.bin file is not needed.")
+
+    def load(self, mapper_name):
+        return (pm_ckpt.load_mapper(paths.resolve("personamagic", mapper_name)),)
+
+
+class StageRegulatedTI:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "The SD1.x model to sample with; a patched clone is returned "
+                                               "(use it in the KSampler)."}),
+                "clip": ("CLIP", {"tooltip": "The text encoder of the same checkpoint (768-d for SD1.x)."}),
+                "mapper": ("PERSONAMAGIC_MAPPER", {"tooltip": "From Load PersonaMagic Mapper."}),
+                "text": ("STRING", {"multiline": True, "dynamicPrompts": True,
+                                    "default": "a photo of <persona> reading a book",
+                                    "tooltip": "Positive prompt containing the trigger word where the identity "
+                                               "goes (the official prompts use it in place of 'face'). Weights "
+                                               "like (<persona>:1.2) work."}),
+                "trigger": ("STRING", {"default": "<persona>",
+                                       "tooltip": "Word in the prompt replaced by the 4 PersonaMagic tokens "
+                                                  "(and by the class word at high noise)."}),
+            },
+            "optional": {
+                "clip_vision_output": ("CLIP_VISION_OUTPUT", {
+                    "tooltip": "CLIPVisionEncode output of the reference face with a CLIP ViT-B/32 vision model "
+                               "(its 512-d image_embeds feed the V-only bypass; crop 'none' matches the official "
+                               "resize). Leave empty to disable the bypass."}),
+                "class_word": ("STRING", {"default": "",
+                                          "tooltip": "Class word used for t > 800 and for the token "
+                                                     "normalisation; empty = the mapper's (official: 'face')."}),
+                "t_high": ("FLOAT", {"default": 800.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                     "tooltip": "Timesteps above this use the class word (official 800)."}),
+                "t_low": ("FLOAT", {"default": 400.0, "min": 0.0, "max": 1000.0, "step": 1.0,
+                                    "tooltip": "Timesteps below this reuse the last mapper tokens of the run "
+                                               "(official 400)."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL", "CONDITIONING")
+    RETURN_NAMES = ("model", "positive")
+    FUNCTION = "apply"
+    CATEGORY = CAT
+    DESCRIPTION = ("PersonaMagic stage-regulated textual inversion. The positive prompt changes with the "
+                   "sampler's timestep, for any sampler and scheduler: above t_high the trigger is the class word "
+                   "('face'), between t_low and t_high it is the mapper's 4 tokens for that timestep, below t_low "
+                   "the last tokens are reused. With a CLIP ViT-B/32 image embedding the cross-attention values "
+                   "use the bypass context (keys keep the plain text). Connect both outputs: the MODEL patch swaps "
+                   "the context of this CONDITIONING only (negative/other prompts are untouched).")
+
+    def apply(self, model, clip, mapper, text, trigger, clip_vision_output=None, class_word="", t_high=800.0,
+              t_low=400.0):
+        m, cond, _ = pm_staged.apply_stage_regulated_ti(model, clip, mapper, text, trigger, clip_vision_output,
+                                                       class_word, t_high, t_low)
+        return (m, cond)
+
+
+class SavePersonaMagicMapper:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "mapper": ("PERSONAMAGIC_MAPPER", {"tooltip": "A loaded mapper (e.g. an official .pt)."}),
+            "filename": ("STRING", {"default": "personamagic_mapper",
+                                    "tooltip": "File name (without extension) written to models/personamagic "
+                                               "as .safetensors."}),
+        }}
+
+    RETURN_TYPES = ("STRING",)
+    RETURN_NAMES = ("path",)
+    FUNCTION = "save"
+    CATEGORY = CAT
+    OUTPUT_NODE = True
+    DESCRIPTION = ("Saves a PersonaMagic mapper in the pack's safetensors format (official state-dict keys, "
+                   "metadata: token count, width, target norm, class word) so it loads without any pickle.")
+
+    def save(self, mapper, filename):
+        name = os.path.basename(filename.strip()) or "personamagic_mapper"
+        if not name.endswith(".safetensors"):
+            name += ".safetensors"
+        folder = paths.model_dir("personamagic")
+        os.makedirs(folder, exist_ok=True)
+        path = os.path.join(folder, name)
+        pm_ckpt.save_mapper(mapper, path)
+        return {"ui": {"text": [path]}, "result": (path,)}
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadPersonaMagic": LoadPersonaMagic,
+    "StageRegulatedTI": StageRegulatedTI,
+    "SavePersonaMagicMapper": SavePersonaMagicMapper,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadPersonaMagic": "Load PersonaMagic Mapper",
+    "StageRegulatedTI": "Stage-Regulated TI (PersonaMagic)",
+    "SavePersonaMagicMapper": "Save PersonaMagic Mapper (safetensors)",
+}

@@ -1,0 +1,69 @@
+"""PIDiff nodes: load style cross-attention (SCA) weights, apply SCA to a MODEL."""
+from ._common import category
+from ..models_loader import paths
+
+
+class LoadPIDiff:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"pidiff_name": (paths.list_files("pidiff"), {
+            "tooltip": "PIDiff weights in models/pidiff: the pack's PIDiff safetensors (mapping.* + sca.<n>.*), or "
+                       "an official W+ Adapter wplus_adapter.bin used as PIDiff weights."})}}
+
+    RETURN_TYPES = ("PIDIFF",)
+    RETURN_NAMES = ("pidiff",)
+    FUNCTION = "load"
+    CATEGORY = category("pidiff")
+    DESCRIPTION = ("Loads PIDiff weights: the mapping network F (W+ code -> 4 visual tokens) and the per-layer style "
+                   "cross-attention projections W_q', W_k', W_v'. Format documented in "
+                   "models_loader/methods/pidiff/weights.py; official W+ Adapter weights load too.")
+
+    def load(self, pidiff_name):
+        from ..models_loader.methods.pidiff import load_pidiff
+
+        return (load_pidiff(paths.resolve("pidiff", pidiff_name)),)
+
+
+class ApplyStyleCrossAttention:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "SD1.5 model to patch (a patched clone is returned)."}),
+                "pidiff": ("PIDIFF", {"tooltip": "Weights from Load PIDiff."}),
+                "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512] of the identity: one for the batch or one per image."}),
+                "strength": ("FLOAT", {"default": 0.4, "min": -2.0, "max": 5.0, "step": 0.05, "tooltip":
+                    "lambda of f_text + lambda*SCA (paper: 1 in training, 0.4 at inference). 0 = model unchanged."}),
+                "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                            "tooltip": "SCA is off before this point of the denoising (paper: always on)."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "SCA is off after this point of the denoising."}),
+            },
+            "optional": {
+                "attn_mask": ("MASK", {"tooltip": "Optional region mask multiplying the SCA residual (identity per region)."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+    CATEGORY = category("pidiff")
+    DESCRIPTION = ("Applies PIDiff's style cross-attention behind every text cross-attention: f_text + "
+                   "lambda*softmax(Q'K'^T/sqrt(d))V' with Q' from the text-attention result and K', V' from the "
+                   "W+ visual tokens F(w+). Same engine as the W+ Adapter (chains with other attention patches).")
+
+    def apply(self, model, pidiff, wplus, strength, start_percent, end_percent, attn_mask=None):
+        from ..models_loader.methods.wplus.attention import apply_residual_cross_attention
+
+        return (apply_residual_cross_attention(model, pidiff, wplus, strength, start_percent, end_percent,
+                                               attn_mask),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadPIDiff": LoadPIDiff,
+    "ApplyStyleCrossAttention": ApplyStyleCrossAttention,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadPIDiff": "Load PIDiff",
+    "ApplyStyleCrossAttention": "Apply PIDiff Style Cross-Attention",
+}

@@ -1,0 +1,75 @@
+"""W+ Adapter nodes: load the adapter, apply its residual cross-attention (RCA) to a MODEL."""
+from ._common import category
+from ..models_loader import paths
+
+_STRENGTH_TIP = "lambda: weight of the W+ residual (official demo 1.0, Stage I notebook 0.8). 0 = model unchanged."
+
+
+class LoadWPlusAdapter:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {"adapter_name": (paths.list_files("wplus"), {
+            "tooltip": "W+ Adapter weights in models/wplus: the official wplus_adapter.bin (w_proj + wplus_adapter "
+                       "dicts) or its safetensors form."})}}
+
+    RETURN_TYPES = ("WPLUS_ADAPTER",)
+    RETURN_NAMES = ("wplus_adapter",)
+    FUNCTION = "load"
+    CATEGORY = category("wplus")
+    DESCRIPTION = ("Loads W+ Adapter weights (csxmli2016/w-plus-adapter, SD1.5): the W+ projection w_proj "
+                   "(18x512 W+ code -> 4 tokens) and the per-layer residual cross-attention projections. Files are "
+                   "loaded without executing pickled code.")
+
+    def load(self, adapter_name):
+        from ..models_loader.methods.wplus.adapter import load_wplus_adapter
+
+        return (load_wplus_adapter(paths.resolve("wplus", adapter_name)),)
+
+
+class ApplyResidualCrossAttention:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {
+            "required": {
+                "model": ("MODEL", {"tooltip": "SD1.5 model to patch (a patched clone is returned)."}),
+                "wplus_adapter": ("WPLUS_ADAPTER", {"tooltip": "Weights from Load W+ Adapter."}),
+                "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512]: one code for the whole batch, or one per "
+                                               "image of the batch."}),
+                "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05, "tooltip": _STRENGTH_TIP}),
+                "start_percent": ("FLOAT", {"default": 0.22, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Residual is off before this point of the denoising. 0.22 reproduces the official rule "
+                    "(off for steps i <= int(0.2*steps)) with the normal/simple schedulers."}),
+                "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
+                                          "tooltip": "Residual is off after this point of the denoising."}),
+            },
+            "optional": {
+                "attn_mask": ("MASK", {"tooltip": "Optional region mask: the W+ residual is multiplied by it, so "
+                                                  "several Apply nodes with different W+ codes and masks place "
+                                                  "several identities."}),
+            },
+        }
+
+    RETURN_TYPES = ("MODEL",)
+    RETURN_NAMES = ("model",)
+    FUNCTION = "apply"
+    CATEGORY = category("wplus")
+    DESCRIPTION = ("Applies the W+ Adapter's residual cross-attention: in every cross-attention layer the text "
+                   "attention output h_text queries 4 tokens projected from the W+ code and to_out(h_text + "
+                   "strength*h_w) is used (negative prompt branch uses w_proj(0), as the official code). Chains with "
+                   "other attention patches (IPAdapter, PIDiff, another identity) instead of replacing them.")
+
+    def apply(self, model, wplus_adapter, wplus, strength, start_percent, end_percent, attn_mask=None):
+        from ..models_loader.methods.wplus.attention import apply_residual_cross_attention
+
+        return (apply_residual_cross_attention(model, wplus_adapter, wplus, strength, start_percent, end_percent,
+                                               attn_mask),)
+
+
+NODE_CLASS_MAPPINGS = {
+    "LoadWPlusAdapter": LoadWPlusAdapter,
+    "ApplyResidualCrossAttention": ApplyResidualCrossAttention,
+}
+NODE_DISPLAY_NAME_MAPPINGS = {
+    "LoadWPlusAdapter": "Load W+ Adapter",
+    "ApplyResidualCrossAttention": "Apply W+ Residual Cross-Attention",
+}

@@ -1,0 +1,141 @@
+"""insightface loading through its own model routing: tiny SCRFD/ArcFace-signature ONNX files in
+antelopev2/buffalo_l folders, provider choice, and the folder/file error paths."""
+import os
+import shutil
+
+import numpy as np
+import pytest
+import torch
+
+from face_helpers import blob_image
+
+
+def _mods():
+    from comfyui_face_personalization.models_loader.face import analysis, detect, embed
+
+    return analysis, detect, embed
+
+
+@pytest.mark.parametrize("pack_name", ["antelopev2", "buffalo_l"])
+def test_tiny_pack_routes_through_insightface(tiny_packs, pack_name):
+    analysis, _, _ = _mods()
+    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
+    from insightface.model_zoo.scrfd import SCRFD
+
+    fa = analysis.load_face_analysis(pack_name, "CPU")
+    assert isinstance(fa.models["detection"], SCRFD)
+    assert isinstance(fa.models["recognition"], ArcFaceONNX)
+    assert fa.det_model is fa.models["detection"]
+    assert fa.models["detection"].use_kps and fa.models["detection"].fmc == 3
+    assert os.path.realpath(fa.fp_model_dir) == os.path.realpath(tiny_packs[pack_name])
+    if pack_name == "antelopev2":  # the zip's nested antelopev2/antelopev2/ layout is found
+        assert fa.fp_model_dir.endswith(os.path.join("antelopev2", "antelopev2"))
+    # insightface's own .get works on the object we return (other packs call exactly this)
+    img = (blob_image()[0].numpy()[:, :, ::-1] * 255).astype(np.uint8)
+    faces = fa.get(img)
+    assert faces and faces[0].embedding.shape == (512,)
+    assert fa.get(np.zeros((256, 256, 3), np.uint8)) == []
+
+
+def test_provider_choice():
+    analysis, _, _ = _mods()
+    cpu_only = ["CPUExecutionProvider"]
+    assert analysis.choose_providers("auto", cpu_only) == ["CPUExecutionProvider"]
+    assert analysis.choose_providers("auto", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == \
+        ["CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert analysis.choose_providers("auto", ["CoreMLExecutionProvider", "CPUExecutionProvider"]) == \
+        ["CoreMLExecutionProvider", "CPUExecutionProvider"]
+    assert analysis.choose_providers("CPU", ["CUDAExecutionProvider", "CPUExecutionProvider"]) == cpu_only
+    with pytest.raises(analysis.FaceModelError, match="onnxruntime-gpu"):
+        analysis.choose_providers("CUDA", cpu_only)
+    with pytest.raises(analysis.FaceModelError, match="unknown provider"):
+        analysis.choose_providers("TPU", cpu_only)
+
+
+def test_loaded_sessions_use_chosen_provider(tiny_packs):
+    analysis, _, _ = _mods()
+    import onnxruntime
+
+    fa = analysis.load_face_analysis("buffalo_l", "auto")
+    expected = analysis.choose_providers("auto", onnxruntime.get_available_providers())
+    for task, provs in analysis.session_providers(fa).items():
+        assert provs[0] == expected[0], (task, provs)
+    fa_cpu = analysis.load_face_analysis("buffalo_l", "CPU")
+    assert all(p == ["CPUExecutionProvider"] for p in analysis.session_providers(fa_cpu).values())
+
+
+def test_missing_folder_names_path_and_files(tmp_path):
+    analysis, _, _ = _mods()
+    with pytest.raises(analysis.FaceModelError) as err:
+        analysis.find_model_dir("antelopev2", roots=[str(tmp_path)])
+    msg = str(err.value)
+    assert str(tmp_path / "models" / "antelopev2") in msg
+    assert "scrfd_10g_bnkps.onnx" in msg and "glintr100.onnx" in msg
+    (tmp_path / "models" / "antelopev2").mkdir(parents=True)
+    (tmp_path / "models" / "antelopev2.zip").write_bytes(b"PK")
+    msg = str(pytest.raises(analysis.FaceModelError, analysis.find_model_dir, "antelopev2", [str(tmp_path)]).value)
+    assert "holds no .onnx" in msg and "unzip" in msg
+
+
+@pytest.mark.parametrize("content,needle", [(b"", "empty"), (b"version https://git-lfs.github.com/spec/v1\n", "git-lfs"),
+                                            (b"<html>not found</html>", "does not start like an ONNX")])
+def test_corrupt_onnx_detected_before_ort(tmp_path, content, needle):
+    analysis, _, _ = _mods()
+    from comfyui_face_personalization.models_loader import tiny
+
+    d = tmp_path / "models" / "buffalo_l"
+    d.mkdir(parents=True)
+    shutil.copyfile(tiny.ensure("face_arcface"), d / "w600k_r50.onnx")
+    (d / "det_10g.onnx").write_bytes(content)
+    with pytest.raises(analysis.FaceModelError, match=needle) as err:
+        analysis.load_face_analysis("buffalo_l", "CPU", roots=[str(tmp_path)])
+    assert str(d / "det_10g.onnx") in str(err.value)
+
+
+def test_truncated_onnx_clear_error(tmp_path):
+    """A truncated download passes the cheap header check; ORT's failure is reported with the folder."""
+    analysis, _, _ = _mods()
+    from comfyui_face_personalization.models_loader import tiny
+
+    d = tmp_path / "models" / "buffalo_l"
+    d.mkdir(parents=True)
+    data = tiny.ensure("face_scrfd").read_bytes()
+    (d / "det_10g.onnx").write_bytes(data[: len(data) // 3])
+    with pytest.raises(analysis.FaceModelError, match="corrupt or incomplete") as err:
+        analysis.load_face_analysis("buffalo_l", "CPU", roots=[str(tmp_path)])
+    assert str(d) in str(err.value)
+
+
+def test_pack_without_detector(tmp_path):
+    analysis, _, _ = _mods()
+    from comfyui_face_personalization.models_loader.tiny import face as tiny_face
+
+    tiny_face.make_pack(tmp_path, "buffalo_l", detection=False)
+    with pytest.raises(analysis.FaceModelError, match="no face detection model"):
+        analysis.load_face_analysis("buffalo_l", "CPU", roots=[str(tmp_path)])
+
+
+def test_detect_and_embed_match_independent_reference(tiny_packs):
+    """Embeddings from FP_FaceDetect's insightface path == ORT run on our own kornia ArcFace crop."""
+    analysis, detect, embed = _mods()
+    import onnxruntime
+    from comfyui_face_personalization.models_loader.face.align import arcface_align
+
+    fa = analysis.load_face_analysis("antelopev2", "CPU")
+    images = torch.cat([blob_image(cx=170, cy=120), blob_image(cx=120, cy=140, r=70)])
+    bundle = detect.detect_faces(images, fa)
+    assert len(bundle) == 2 and bundle.has_embeddings
+    crops = arcface_align(images[bundle.image_indices], bundle.kps)             # [2,112,112,3] RGB 0..1
+    x = ((crops * 255.0 - 127.5) / 127.5).movedim(-1, 1).numpy().astype(np.float32)
+    sess = onnxruntime.InferenceSession(os.path.join(tiny_packs["antelopev2"], "glintr100.onnx"),
+                                        providers=["CPUExecutionProvider"])
+    ref = torch.from_numpy(sess.run(None, {"input.1": x})[0])
+    ref = ref / ref.norm(dim=1, keepdim=True)
+    got = embed.face_embeds(bundle, "per_face")
+    assert got.shape == (2, 512) and got.dtype == torch.float32
+    torch.testing.assert_close(got.norm(dim=1), torch.ones(2))
+    cos = (got * ref).sum(1)
+    assert cos.min() > 0.995, cos          # cv2 vs kornia bilinear warps of a uint8 image
+    mean = embed.face_embeds(bundle, "mean")
+    ref_mean = ref.mean(0, keepdim=True)
+    torch.testing.assert_close(mean, ref_mean / ref_mean.norm(), atol=5e-3, rtol=0)
