@@ -63,3 +63,16 @@ def test_pack_import_is_lazy(tmp_path):
     new = json.loads(out.stdout.strip().splitlines()[-1])
     heavy = sorted({m.split(".")[0] for m in new} & set(HEAVY))
     assert not heavy, f"importing the pack pulled in heavy modules: {heavy}"
+
+
+def test_readme_documents_every_node(pack):
+    """README's node table (tests/harness/readme_nodes.py regenerates it) lists every node."""
+    readme = (REPO / "README.md").read_text()
+    missing = [n for n in pack.NODE_CLASS_MAPPINGS if f"`{n}`" not in readme]
+    assert not missing, f"README lacks nodes {missing}: run tests/harness/readme_nodes.py"
+
+
+def test_readme_commands_are_the_ci_commands():
+    readme = (REPO / "README.md").read_text()
+    assert "bash .ci/demo.sh" in readme and "bash .ci/test.sh" in readme
+    assert "bash .ci/test.sh" in (REPO / ".ci" / "run").read_text()

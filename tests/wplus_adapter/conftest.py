@@ -10,14 +10,14 @@ SHARED_WCODES = Path(__file__).resolve().parents[3] / "shared" / "data" / "wplus
 
 
 def load_wcode(name):
-    return torch.load(str(SHARED_WCODES / name), weights_only=True, map_location="cpu").float()
+    return torch.load(str(SHARED_WCODES / name), weights_only=True, map_location="cpu").float().detach()
 
 
 @pytest.fixture(scope="session")
 def wcodes(shared_data):
     files = sorted(glob.glob(str(shared_data / "wplus" / "wcodes" / "*.pth")))
     assert len(files) >= 2
-    return [torch.load(f, weights_only=True, map_location="cpu").float() for f in files]
+    return [torch.load(f, weights_only=True, map_location="cpu").float().detach() for f in files]
 
 
 @pytest.fixture(scope="session")

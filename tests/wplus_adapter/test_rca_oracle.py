@@ -203,4 +203,4 @@ def test_animatediff_sub_idxs_pick_wplus_rows(tiny_unet, adapter, wcodes):
     with torch.no_grad():
         win = patched.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
     direct = _apply(tiny_unet, adapter, torch.cat([wcodes[1], wcodes[3]]), 1.0)
-    assert torch.allclose(win, comfy_eps(direct, x, t, ctx, [0, 1]), atol=1e-6)
+    assert torch.allclose(win, comfy_eps(direct, x, t, ctx, [0, 1]), atol=1e-5)
