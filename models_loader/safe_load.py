@@ -147,7 +147,9 @@ def _make_pickle_module(allowed_classes, allowed_prefixes=(), inert_functions=()
     class RestrictedPickleModule:
         Unpickler = RestrictedUnpickler
         UnpicklingError = pickle.UnpicklingError
-        load = None  # torch only uses Unpickler
+        @staticmethod
+        def load(f, **kwargs):  # legacy (non-zip) torch files read their header with pickle_module.load
+            return RestrictedUnpickler(f, **kwargs).load()
 
         @staticmethod
         def loads(*a, **k):  # pragma: no cover

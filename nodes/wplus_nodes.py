@@ -187,6 +187,25 @@ class FP_WPlusStyleMix:
         return (wcodes.style_mix(wplus_a, wplus_b, start_row, end_row),)
 
 
+class FP_WPlusBatch:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "wplus_a": ("WPLUS", {"tooltip": "First code(s): batch items 0..A-1 of the result."}),
+            "wplus_b": ("WPLUS", {"tooltip": "Appended code(s)."}),
+        }}
+
+    RETURN_TYPES = ("WPLUS",)
+    RETURN_NAMES = ("wplus",)
+    FUNCTION = "batch"
+    CATEGORY = CAT
+    DESCRIPTION = ("Concatenates W+ codes into one batch [A+B,18,512], e.g. an edit sweep that the W+ Adapter "
+                   "applies one code per generated image.")
+
+    def batch(self, wplus_a, wplus_b):
+        return (wcodes.concat(wplus_a, wplus_b),)
+
+
 def _direction_input(with_override=False):
     return (wedits.list_choices() + ([OVERRIDE_ENTRY] if with_override else []), {
         "tooltip": "Direction file in models/wplus/directions: InterFaceGAN boundary .pt [1,512] (e4e "
@@ -262,6 +281,7 @@ NODE_CLASS_MAPPINGS = {
     "FP_SaveWPlus": FP_SaveWPlus,
     "FP_WPlusInterpolate": FP_WPlusInterpolate,
     "FP_WPlusStyleMix": FP_WPlusStyleMix,
+    "FP_WPlusBatch": FP_WPlusBatch,
     "FP_LoadWPlusDirection": FP_LoadWPlusDirection,
     "DeltaWEdit": DeltaWEdit,
 }
@@ -273,6 +293,7 @@ NODE_DISPLAY_NAME_MAPPINGS = {
     "FP_SaveWPlus": "Save W+ Code",
     "FP_WPlusInterpolate": "W+ Interpolate",
     "FP_WPlusStyleMix": "W+ Style Mix",
+    "FP_WPlusBatch": "W+ Batch",
     "FP_LoadWPlusDirection": "Load W+ Direction",
     "DeltaWEdit": "Delta-W Edit (W+)",
 }

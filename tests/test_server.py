@@ -51,3 +51,40 @@ def test_bad_prompt_keeps_server_serving(server, tiny_sd15):
 def test_web_extension_served(server):
     exts = server.get_json("/extensions")
     assert any("comfyui_face_personalization" in e for e in exts), exts
+
+
+def test_face_errors_over_http_keep_server_serving(server, tiny_sd15):
+    """No face in the photo / missing model folder: a clear execution error, and the server goes on."""
+    import numpy as np
+
+    gray = server.home / "input" / "face_gray.png"
+    gray.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(gray)
+    prompt = {
+        "load": {"class_type": "LoadImage", "inputs": {"image": "face_gray.png"}},
+        "detector": {"class_type": "FP_OfflineFaceDetector", "inputs": {"det_thresh": 0.5, "max_faces": 10}},
+        "detect": {"class_type": "FP_FaceDetect", "inputs": {"image": ["load", 0], "face_analysis": ["detector", 0],
+                   "select": "largest", "index": 0, "if_no_face": "error", "det_thresh": 0.5}},
+        "align": {"class_type": "FP_FaceAlign", "inputs": {"image": ["load", 0], "faces": ["detect", 0],
+                  "template": "ffhq", "size": 512, "padding": "reflect"}},
+        "save": {"class_type": "SaveImage", "inputs": {"images": ["align", 0], "filename_prefix": "bad"}},
+    }
+    entry = server.wait(server.queue(prompt))
+    assert entry["status"]["status_str"] == "error"
+    errors = [m[1] for m in entry["status"]["messages"] if m[0] == "execution_error"]
+    assert errors and "no face found in image 1 of 1" in errors[0]["exception_message"]
+
+    (server.home / "models" / "insightface" / "models" / "empty_pack").mkdir(parents=True, exist_ok=True)
+    missing = {"loader": {"class_type": "FP_FaceAnalysisLoader", "inputs": {"model_pack": "antelopev2", "provider": "CPU", "det_size": 640}},
+               "detect": {"class_type": "FP_FaceDetect", "inputs": {"image": ["load", 0], "face_analysis": ["loader", 0],
+                          "select": "largest", "index": 0, "if_no_face": "error", "det_thresh": 0.5}},
+               "load": prompt["load"],
+               "mask": {"class_type": "FP_FaceMask", "inputs": {"image": ["load", 0], "faces": ["detect", 0],
+                        "shape": "convex_hull", "grow": 1.0, "feather": 8.0}},
+               "preview": {"class_type": "MaskToImage", "inputs": {"mask": ["mask", 0]}},
+               "save": {"class_type": "SaveImage", "inputs": {"images": ["preview", 0], "filename_prefix": "bad2"}}}
+    entry = server.wait(server.queue(missing))
+    assert entry["status"]["status_str"] == "error"
+    text = str(entry["status"]["messages"])
+    assert "antelopev2" in text and ".onnx" in text, text[-2000:]
+    assert server.run(txt2img(tiny_sd15, prefix="server_after_face_error"))

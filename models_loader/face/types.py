@@ -88,7 +88,7 @@ class FaceBundle:
                 f"these FACES (from detector '{self.detector}') carry no ArcFace embedding: the face "
                 "analysis that detected them has no recognition model (the offline mediapipe detector "
                 "never has one). Use FP_FaceAnalysisLoader with antelopev2 or buffalo_l, or connect "
-                "one to FP_FaceEmbed's 'analysis' input together with the image.")
+                "one to FP_FaceEmbed's 'face_analysis' input together with the image.")
         return torch.stack([f.embedding for f in self.faces])
 
     def __repr__(self):

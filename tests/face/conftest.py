@@ -30,3 +30,9 @@ def offline_detector(comfy):
     return load_offline_detector()
 
 
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _pack_loaded(comfy):
+    """Pack modules are importable as comfyui_face_personalization.* once ComfyUI has loaded it."""
+    return comfy

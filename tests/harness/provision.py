@@ -10,6 +10,14 @@ TINY_MODEL_FOLDERS = {
     "sd2": "checkpoints",
     "sdxl": "checkpoints",
     "controlnet_sd15": "controlnet",
+    "e4e": "e4e",
+    "wplus_adapter_sd15": "wplus",
+    "pidiff_sd15": "pidiff",
+    "personamagic_mapper": "personamagic",
+    "personamagic_mapper_st": "personamagic",
+    "adaface_pt": "adaface",
+    "adaface_arc2face": "adaface",
+    "adaface_safetensors": "adaface",
 }
 
 # files from shared/data -> "input" or a models/ sub-folder
@@ -18,6 +26,15 @@ SHARED_FILES = {
     "faces/wplus_aligned_1.png": "input",
     "faces/celebahq_28017.jpg": "input",
     "faces/personamagic_person_1.jpg": "input",
+    "wplus/wcodes/e4e_1.pth": "wplus/codes",
+    "wplus/wcodes/e4e_2.pth": "wplus/codes",
+    "wplus/interfacegan/age.pt": "wplus/directions",
+    "wplus/interfacegan/smile.pt": "wplus/directions",
+    "wplus/latent_directions/smile.npy": "wplus/directions",
+    "wplus/latent_directions/age.npy": "wplus/directions",
+    "crossinit/learned_embeddings/28017.bin": "crossinit",
+    "adaface/mean_emb_keanureeves.pt": "face_embeds",
+    "adaface/mean_emb_jenniferlawrence.pt": "face_embeds",
 }
 
 

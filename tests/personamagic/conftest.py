@@ -31,3 +31,10 @@ def sd15_loaded(comfy):
 
     out = comfy.sd.load_checkpoint_guess_config(str(tiny.ensure("sd15")), output_vae=False, output_clipvision=False)
     return out[0], out[1]
+
+
+@pytest.fixture(scope="session")
+def pm_install(comfy_home, install_model):
+    """pm_install(kind) -> file name in models/personamagic (the folder is created if missing)."""
+    (comfy_home / "models" / "personamagic").mkdir(parents=True, exist_ok=True)
+    return lambda kind: install_model(kind, "personamagic")

@@ -99,7 +99,7 @@ def cross_init_vectors(clip, names=None):
         bos, eos = special["start"], special["end"]
         pad = special.get("pad", eos)
         length = int(transformer.text_model.embeddings.position_embedding.weight.shape[0])
-        ids = torch.tensor([bos, eos] + [pad] * (length - 3 - N_COLUMNS), device=device)
+        ids = torch.tensor([bos, eos] + [pad] * (length - 2 - N_COLUMNS), device=device)
         rows = emb(ids, out_dtype=torch.float32)
         embeds = torch.cat([rows[:1], cols.to(device), rows[1:]], dim=0).unsqueeze(0)
         layer, layer_idx = _output_layer(clip, enc)

@@ -26,7 +26,6 @@ from ... import clip_tokens
 log = logging.getLogger(__name__)
 
 _SENTINEL = 9173.0  # placeholder-slot marker values (never a real embedding value)
-_TRIGGER_RE_CHARS = "():\\"
 
 
 class PersonaMagicInputError(ValueError):

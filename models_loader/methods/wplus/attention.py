@@ -40,6 +40,19 @@ class ResidualParams:
             self.mask = m.detach().float().cpu()
         self._ctx = {}
         self._mask_cache = {}
+        self._layers = {}
+
+    def layer(self, n, device, dtype):
+        """(wq, wk, strength * wv) of layer n on device/dtype, cached: softmax(.)(lambda V) = lambda h_w,
+        so the strength costs no extra full-size multiply per layer."""
+        key = (n, str(device), dtype)
+        got = self._layers.get(key)
+        if got is None:
+            wq, wk, wv = self.weights.layers[n]
+            got = (wq.to(device=device, dtype=dtype), wk.to(device=device, dtype=dtype),
+                   (wv.float() * self.strength).to(device=device, dtype=dtype))
+            self._layers[key] = got
+        return got
 
     def to(self, device):  # weights are cast lazily to the activations' device/dtype
         return self
@@ -97,12 +110,12 @@ class LayerParams:
 
 
 def residual_attention(h_text, q, k, v, extra_options, entry):
-    """Engine callback: lambda * Attn(to_q'(h_text), to_k'(e), to_v'(e)) [* mask]."""
+    """Engine callback: Attn(to_q'(h_text), to_k'(e), lambda * to_v'(e)) [* mask] = lambda * h_w [* mask]."""
     import comfy.ldm.modules.attention as attention
 
     p = entry.params
     shared = p.shared
-    wq, wk, wv = shared.weights.layer(p.n, h_text.device, h_text.dtype)
+    wq, wk, wv = shared.layer(p.n, h_text.device, h_text.dtype)
     e = shared.context(h_text.shape[0], extra_options, h_text.device, h_text.dtype)
     qw = torch.nn.functional.linear(h_text, wq)
     kw = torch.nn.functional.linear(e, wk)
@@ -111,7 +124,7 @@ def residual_attention(h_text, q, k, v, extra_options, entry):
                                         attn_precision=extra_options.get("attn_precision"))
     if shared.mask is not None:
         h_w = h_w * shared.layer_mask(h_text, extra_options)
-    return h_w * shared.strength
+    return h_w
 
 
 def apply_residual_cross_attention(model, weights, wplus, strength=1.0, start_percent=OFFICIAL_START_PERCENT,

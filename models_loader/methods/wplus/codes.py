@@ -143,3 +143,8 @@ def save_wplus_named(wplus, filename, ext, folder, overwrite=False):
         n += 1
         path = f"{base}_{n:05d}{ext}"
     return save_wplus(wplus, path)
+
+
+def concat(a, b):
+    """Batch concatenation [A,18,512] + [B,18,512] -> [A+B,18,512]."""
+    return torch.cat([as_wplus(a, "wplus_a"), as_wplus(b, "wplus_b")], dim=0)

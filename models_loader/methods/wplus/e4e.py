@@ -281,6 +281,7 @@ def load_e4e(path):
     """Load an e4e checkpoint safely (``weights_only`` torch pickle or safetensors) -> :class:`E4EEncoder`."""
     from ...safe_load import load_file, UnsafeCheckpointError
 
+    check_torch_or_safetensors(path)
     try:
         ckpt = load_file(path)
     except UnsafeCheckpointError as exc:
@@ -292,6 +293,19 @@ def load_e4e(path):
     enc, latent_avg, ck_opts = split_checkpoint(ckpt, str(path))
     opts.update(ck_opts)
     return build_from_state_dict(enc, latent_avg, opts, str(path))
+
+
+def check_torch_or_safetensors(path):
+    """Clear error for files that are neither a torch checkpoint (zip or legacy pickle) nor safetensors."""
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint not found: {path}")
+    if str(path).lower().endswith((".safetensors", ".sft")):
+        return
+    with open(path, "rb") as f:
+        head = f.read(4)
+    if not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):
+        raise NotAnE4ECheckpoint(f"{os.path.basename(path)} is not a torch checkpoint (neither a zip nor a pickle "
+                                 f"file) and not an e4e encoder: expected the official e4e_ffhq_encode.pt")
 
 
 def safetensors_metadata(path):

@@ -1,0 +1,55 @@
+"""Text-space identity methods add no UNet cost: time sampling with CrossInit/AdaFace conditioning vs plain.
+
+Run from tests/: $FP_PY ../bench/bench_textspace.py [--steps 10] [--repeats 3]
+Prints the ratio (sampling after identity encoding) / (plain sampling); expected ~1.00.
+"""
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--steps", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--size", type=int, default=256)
+    a = ap.parse_args()
+    from harness import comfy_host
+
+    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_bench_")))
+    import nodes
+    import torch
+    from comfyui_face_personalization.models_loader import tiny
+    from comfyui_face_personalization.models_loader.methods.adaface.load import load_adaface
+    from comfyui_face_personalization.models_loader.methods.crossinit import core
+    from comfyui_face_personalization.models_loader import clip_tokens
+
+    ckpt = tiny.ensure("sd15")
+    import comfy.sd
+
+    model, clip, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt))[:3]
+    ada = load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")))
+    face = torch.randn(1, 512)
+    c_ci = clip_tokens.apply_trigger(clip, "<ci>", core.cross_init_vectors(clip))
+    c_ada = clip_tokens.apply_trigger(c_ci, "<ada>", {"clip_l": ada.encode(face)})
+    enc = lambda c, t: nodes.CLIPTextEncode().encode(c, t)[0]  # noqa: E731
+    neg = enc(clip, "blurry")
+    conds = {"plain": enc(clip, "a photo of a person"), "identity": enc(c_ada, "a photo of <ci> and <ada>")}
+    latent = nodes.EmptyLatentImage().generate(a.size, a.size, 1)[0]
+    times = {k: [] for k in conds}
+    nodes.common_ksampler(model, 0, 1, 5.0, "euler", "normal", conds["plain"], neg, latent)  # warm-up
+    for _ in range(a.repeats):
+        for k, c in conds.items():
+            t0 = time.perf_counter()
+            nodes.common_ksampler(model, 0, a.steps, 5.0, "euler", "normal", c, neg, latent)
+            times[k].append(time.perf_counter() - t0)
+    best = {k: min(v) for k, v in times.items()}
+    print(f"plain {best['plain']:.3f}s  identity {best['identity']:.3f}s  ratio {best['identity'] / best['plain']:.3f}")
+
+
+if __name__ == "__main__":
+    main()

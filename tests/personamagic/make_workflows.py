@@ -1,0 +1,51 @@
+"""Build the PersonaMagic workflow (API prompt) and write it as UI JSON into workflows/.
+
+Run: cd tests && $FP_PY personamagic/make_workflows.py
+Needs: tiny kind sd15 -> models/checkpoints (tiny_sd15-v1.safetensors), personamagic_mapper ->
+models/personamagic (mapper-steps-1000-v1.pt). No input image (the bypass input is optional).
+"""
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from harness import comfy_host, workflow  # noqa: E402
+from harness.graphs import txt2img  # noqa: E402
+
+CKPT = "tiny_sd15-v1.safetensors"
+MAPPER = "mapper-steps-1000-v1.pt"
+NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the official fixed negative
+
+
+def personamagic_basic(ckpt=CKPT, mapper=MAPPER, steps=4, prefix="personamagic_basic",
+                       text="a photo of <persona> reading a book"):
+    p = txt2img(ckpt, text=text, negative=NEGATIVE, steps=steps, cfg=8.0, sampler="dpmpp_2m",
+                scheduler="karras", prefix=prefix)
+    p["pm"] = {"class_type": "LoadPersonaMagic", "inputs": {"mapper_name": mapper}}
+    p["sti"] = {"class_type": "StageRegulatedTI", "inputs": {
+        "model": ["ckpt", 0], "clip": ["ckpt", 1], "mapper": ["pm", 0], "text": text, "trigger": "<persona>",
+        "class_word": "", "t_high": 800.0, "t_low": 400.0}}
+    del p["pos"]
+    p["sample"]["inputs"]["model"] = ["sti", 0]
+    p["sample"]["inputs"]["positive"] = ["sti", 1]
+    return p
+
+
+BUILDERS = {"personamagic_basic": personamagic_basic}
+
+
+def main():
+    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
+    out_dir = HERE.parents[1] / "workflows"
+    out_dir.mkdir(exist_ok=True)
+    for name, build in BUILDERS.items():
+        ui = workflow.api_to_ui(build(), host.input_types, title=name,
+                                output_types=lambda c: host.node_classes[c].RETURN_TYPES)
+        workflow.save(ui, out_dir / f"{name}.json")
+        print("wrote", out_dir / f"{name}.json")
+
+
+if __name__ == "__main__":
+    main()

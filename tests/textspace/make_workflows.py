@@ -1,0 +1,98 @@
+"""Build the text-space workflows (API prompts) and write them as UI JSON into workflows/.
+
+Run: cd tests && $FP_PY textspace/make_workflows.py
+Needs (tiny kinds -> models folder): sd15 -> checkpoints (tiny_sd15-v1.safetensors), controlnet_sd15 ->
+controlnet, adaface_pt + adaface_arc2face -> adaface, mean_emb_keanureeves.pt -> face_embeds (from
+shared/data/adaface), input image celebahq_28017.jpg (ControlNet hint).
+"""
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from harness import comfy_host, workflow  # noqa: E402
+from harness.graphs import txt2img  # noqa: E402
+
+CKPT = "tiny_sd15-v1.safetensors"
+ADA = {"class_type": "LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt",
+                                               "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+
+
+def _ada_invert(clip):
+    return {"class_type": "AdaFaceInvert", "inputs": {"clip": clip, "adaface": ["la", 0], "trigger_word": "<ada>",
+                                                      "id_cfg_scale": 1.0, "embeds_file": "mean_emb_keanureeves.pt"}}
+
+
+def crossinit_basic():
+    p = txt2img(CKPT, text="a photo of <face> person, smiling", negative="blurry, lowres", prefix="crossinit_basic")
+    p["ci"] = {"class_type": "CrossInitEmbedding", "inputs": {"clip": ["ckpt", 1], "trigger_word": "<face>", "names_file": ""}}
+    p["pos"]["inputs"]["clip"] = ["ci", 0]
+    p["savee"] = {"class_type": "FP_SaveIdentityEmbedding", "inputs": {"identity_embedding": ["ci", 1], "name": "crossinit_face", "overwrite": True}}
+    return p
+
+
+def adaface_basic(batch=1, prefix="adaface_basic"):
+    p = txt2img(CKPT, text="<ada> walking in a forest, photo", negative="flaws in the face, lowres, blurry", batch=batch, prefix=prefix)
+    p["la"] = dict(ADA)
+    p["inv"] = _ada_invert(["ckpt", 1])
+    p["pos"]["inputs"]["clip"] = ["inv", 0]
+    return p
+
+
+def adaface_controlnet():
+    p = adaface_basic(prefix="adaface_controlnet")
+    p["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny_controlnet_sd15-v1.safetensors"}}
+    p["img"] = {"class_type": "LoadImage", "inputs": {"image": "celebahq_28017.jpg"}}
+    p["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0],
+                                                                      "image": ["img", 0], "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
+    p["sample"]["inputs"]["positive"] = ["apply", 0]
+    p["sample"]["inputs"]["negative"] = ["apply", 1]
+    return p
+
+
+def adaface_animatediff():
+    # With AnimateDiff-Evolved, insert its loader between ckpt MODEL and KSampler; the 16-frame batch
+    # then shares the AdaFace conditioning. Without it this is a plain 4-frame batch.
+    return adaface_basic(batch=4, prefix="adaface_animatediff")
+
+
+def mix_identities():
+    p = txt2img(CKPT, text="two people", negative="blurry", prefix="mix_identities")
+    p["ci"] = {"class_type": "CrossInitEmbedding", "inputs": {"clip": ["ckpt", 1], "trigger_word": "<left>", "names_file": ""}}
+    p["la"] = dict(ADA)
+    p["inv"] = _ada_invert(["ci", 0])
+    p["pos"]["inputs"]["clip"] = ["inv", 0]
+    p["pos"]["inputs"]["text"] = "two people side by side"
+    p["tl"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["inv", 0], "text": "a photo of <left> person"}}
+    p["tr"] = {"class_type": "CLIPTextEncode", "inputs": {"clip": ["inv", 0], "text": "a photo of <ada> person"}}
+    p["zero"] = {"class_type": "SolidMask", "inputs": {"value": 0.0, "width": 64, "height": 64}}
+    p["half"] = {"class_type": "SolidMask", "inputs": {"value": 1.0, "width": 32, "height": 64}}
+    p["ml"] = {"class_type": "MaskComposite", "inputs": {"destination": ["zero", 0], "source": ["half", 0], "x": 0, "y": 0, "operation": "add"}}
+    p["mr"] = {"class_type": "MaskComposite", "inputs": {"destination": ["zero", 0], "source": ["half", 0], "x": 32, "y": 0, "operation": "add"}}
+    p["cl"] = {"class_type": "ConditioningSetMask", "inputs": {"conditioning": ["tl", 0], "mask": ["ml", 0], "strength": 1.0, "set_cond_area": "default"}}
+    p["cr"] = {"class_type": "ConditioningSetMask", "inputs": {"conditioning": ["tr", 0], "mask": ["mr", 0], "strength": 1.0, "set_cond_area": "default"}}
+    p["c1"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["cl", 0], "conditioning_2": ["cr", 0]}}
+    p["c2"] = {"class_type": "ConditioningCombine", "inputs": {"conditioning_1": ["c1", 0], "conditioning_2": ["pos", 0]}}
+    p["sample"]["inputs"]["positive"] = ["c2", 0]
+    return p
+
+
+BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, "adaface_controlnet": adaface_controlnet,
+            "adaface_animatediff": adaface_animatediff, "mix_identities": mix_identities}
+
+
+def main():
+    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
+    out_dir = HERE.parents[1] / "workflows"
+    out_dir.mkdir(exist_ok=True)
+    for name, build in BUILDERS.items():
+        ui = workflow.api_to_ui(build(), host.input_types, title=name,
+                                output_types=lambda c: host.node_classes[c].RETURN_TYPES)
+        workflow.save(ui, out_dir / f"{name}.json")
+        print("wrote", out_dir / f"{name}.json")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,84 @@
+"""Build the W+ Adapter / PIDiff example workflows (UI format) from API prompts.
+
+    cd tests && $FP_PY wplus_adapter/build_workflows.py      # rewrites workflows/{wplus_basic,pidiff_basic,wplus_controlnet}.json
+
+Needs (provisioned by tests/harness/provision.py): models/checkpoints tiny_sd15-v1.safetensors (kind sd15),
+models/wplus tiny_wplus_adapter_sd15-v1.bin (kind wplus_adapter_sd15), models/pidiff
+tiny_pidiff_sd15-v1.safetensors (kind pidiff_sd15), models/controlnet tiny_controlnet_sd15-v1.safetensors
+(kind controlnet_sd15), models/wplus/codes e4e_1.pth (shared/data/wplus/wcodes), input/wplus_aligned_1.png.
+"""
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from harness.graphs import txt2img  # noqa: E402
+
+CKPT = "tiny_sd15-v1.safetensors"
+ADAPTER = "tiny_wplus_adapter_sd15-v1.bin"
+PIDIFF = "tiny_pidiff_sd15-v1.safetensors"
+CONTROLNET = "tiny_controlnet_sd15-v1.safetensors"
+CODE = "e4e_1.pth"
+TEXT = "a photo of a person wearing a red shirt, in a garden"
+
+
+def _base(prefix):
+    p = txt2img(CKPT, text=TEXT, negative="blurry, low quality", steps=2, cfg=7.5, prefix=prefix)
+    p["code"] = {"class_type": "FP_LoadWPlus", "inputs": {"code": CODE, "path": ""}}
+    return p
+
+
+def wplus_basic():
+    p = _base("wplus_basic")
+    p["adapter"] = {"class_type": "LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
+    p["rca"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
+        "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["code", 0],
+        "strength": 1.0, "start_percent": 0.22, "end_percent": 1.0}}
+    p["sample"]["inputs"]["model"] = ["rca", 0]
+    return p
+
+
+def pidiff_basic():
+    p = _base("pidiff_basic")
+    p["pidiff"] = {"class_type": "LoadPIDiff", "inputs": {"pidiff_name": PIDIFF}}
+    p["sca"] = {"class_type": "ApplyStyleCrossAttention", "inputs": {
+        "model": ["ckpt", 0], "pidiff": ["pidiff", 0], "wplus": ["code", 0],
+        "strength": 0.4, "start_percent": 0.0, "end_percent": 1.0}}
+    p["sample"]["inputs"]["model"] = ["sca", 0]
+    return p
+
+
+def wplus_controlnet():
+    p = wplus_basic()
+    p["save"]["inputs"]["filename_prefix"] = "wplus_controlnet"
+    p["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNET}}
+    p["hint"] = {"class_type": "LoadImage", "inputs": {"image": "wplus_aligned_1.png"}}
+    p["apply_cn"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
+        "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["hint", 0],
+        "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
+    p["sample"]["inputs"]["positive"] = ["apply_cn", 0]
+    p["sample"]["inputs"]["negative"] = ["apply_cn", 1]
+    return p
+
+
+WORKFLOWS = {"wplus_basic": wplus_basic, "pidiff_basic": pidiff_basic, "wplus_controlnet": wplus_controlnet}
+
+
+def build(comfy, out_dir):
+    from harness import workflow as wf
+
+    for name, fn in WORKFLOWS.items():
+        ui = wf.api_to_ui(fn(), comfy.input_types, title=name,
+                          output_types=lambda c: comfy.node_classes[c].RETURN_TYPES)
+        (Path(out_dir) / f"{name}.json").write_text(json.dumps(ui, indent=1))
+
+
+if __name__ == "__main__":
+    from harness import comfy_host
+
+    host = comfy_host.boot(comfy_host.setup_home(Path(tempfile.mkdtemp(prefix="fp_wf_"))))
+    build(host, HERE.parents[1] / "workflows")
+    print("wrote", ", ".join(WORKFLOWS))
