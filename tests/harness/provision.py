@@ -73,5 +73,8 @@ def provision(home, kinds=None, shared=True):
             src = data / rel
             if src.exists():
                 dst_dir = home / "input" if folder == "input" else home / "models" / folder
-                _link(src, dst_dir / src.name)
+                dst = dst_dir / src.name  # a copy: tests may overwrite it, never the shared original
+                if not dst.exists():
+                    dst_dir.mkdir(parents=True, exist_ok=True)
+                    shutil.copyfile(src, dst)
     return installed
