@@ -75,7 +75,7 @@ def test_face_errors_over_http_keep_server_serving(server, tiny_sd15):
     assert errors and "no face found in image 1 of 1" in errors[0]["exception_message"]
 
     (server.home / "models" / "insightface" / "models" / "empty_pack").mkdir(parents=True, exist_ok=True)
-    missing = {"loader": {"class_type": "FP_FaceAnalysisLoader", "inputs": {"model_pack": "antelopev2", "provider": "CPU", "det_size": 640}},
+    missing = {"loader": {"class_type": "FP_FaceAnalysisLoader", "inputs": {"model_pack": "empty_pack", "provider": "CPU", "det_size": 640}},
                "detect": {"class_type": "FP_FaceDetect", "inputs": {"image": ["load", 0], "face_analysis": ["loader", 0],
                           "select": "largest", "index": 0, "if_no_face": "error", "det_thresh": 0.5}},
                "load": prompt["load"],
@@ -86,5 +86,5 @@ def test_face_errors_over_http_keep_server_serving(server, tiny_sd15):
     entry = server.wait(server.queue(missing))
     assert entry["status"]["status_str"] == "error"
     text = str(entry["status"]["messages"])
-    assert "antelopev2" in text and ".onnx" in text, text[-2000:]
+    assert "empty_pack" in text and ".onnx" in text, text[-2000:]
     assert server.run(txt2img(tiny_sd15, prefix="server_after_face_error"))
