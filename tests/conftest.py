@@ -39,6 +39,7 @@ def _install_model(comfy_home, kind, folder):
     src = tiny.ensure(kind)
     dst = Path(comfy_home) / "models" / folder / src.name
     if not dst.exists():
+        dst.parent.mkdir(parents=True, exist_ok=True)
         dst.symlink_to(src)
     return src.name
 

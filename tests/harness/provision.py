@@ -15,6 +15,7 @@ TINY_MODEL_FOLDERS = {
     "pidiff_sd15": "pidiff",
     "personamagic_mapper": "personamagic",
     "personamagic_mapper_st": "personamagic",
+    "clip_vision_vitb32": "clip_vision",
     "adaface_pt": "adaface",
     "adaface_arc2face": "adaface",
     "adaface_safetensors": "adaface",

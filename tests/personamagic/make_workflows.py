@@ -2,7 +2,8 @@
 
 Run: cd tests && $FP_PY personamagic/make_workflows.py
 Needs: tiny kind sd15 -> models/checkpoints (tiny_sd15-v1.safetensors), personamagic_mapper ->
-models/personamagic (mapper-steps-1000-v1.pt). No input image (the bypass input is optional).
+models/personamagic (mapper-steps-1000-v1.pt), clip_vision_vitb32 -> models/clip_vision, and the reference
+photo personamagic_person_1.jpg in input/ (the V-only bypass, as the official inference uses it).
 """
 import sys
 import tempfile
@@ -16,17 +17,28 @@ from harness.graphs import txt2img  # noqa: E402
 
 CKPT = "tiny_sd15-v1.safetensors"
 MAPPER = "mapper-steps-1000-v1.pt"
+CLIP_VISION = "clip_vision_vitb32_tiny-v1.safetensors"
+REFERENCE = "personamagic_person_1.jpg"
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the official fixed negative
 
 
 def personamagic_basic(ckpt=CKPT, mapper=MAPPER, steps=4, prefix="personamagic_basic",
-                       text="a photo of <persona> reading a book"):
+                       text="a photo of <persona> reading a book", clip_vision=CLIP_VISION, reference=REFERENCE):
+    """``clip_vision=None`` leaves the optional image bypass unconnected."""
     p = txt2img(ckpt, text=text, negative=NEGATIVE, steps=steps, cfg=8.0, sampler="dpmpp_2m",
                 scheduler="karras", prefix=prefix)
     p["pm"] = {"class_type": "LoadPersonaMagic", "inputs": {"mapper_name": mapper}}
     p["sti"] = {"class_type": "StageRegulatedTI", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "mapper": ["pm", 0], "text": text, "trigger": "<persona>",
         "class_word": "", "t_high": 800.0, "t_low": 400.0}}
+    if clip_vision:
+        p["ref"] = {"class_type": "LoadImage", "inputs": {"image": reference}}
+        p["clipv"] = {"class_type": "LoadCLIPVisionAnySize", "inputs": {"clip_name": clip_vision,
+                                                                        "activation": "quick_gelu",
+                                                                        "precision": "fp32"}}
+        p["clipv_enc"] = {"class_type": "CLIPVisionEncode", "inputs": {
+            "clip_vision": ["clipv", 0], "image": ["ref", 0], "crop": "none"}}
+        p["sti"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
     del p["pos"]
     p["sample"]["inputs"]["model"] = ["sti", 0]
     p["sample"]["inputs"]["positive"] = ["sti", 1]
