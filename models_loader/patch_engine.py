@@ -292,6 +292,19 @@ def chunk_layout(batch, extra_options):
     return cou, batch // len(cou)
 
 
+def frame_indices(extra_options):
+    """Indices into the full frame batch of the frames this call sees, or None for the whole batch:
+    AnimateDiff-Evolved's context windows set ``sub_idxs``; core ComfyUI's context windows
+    (``ContextWindowsManual``) set ``context_window`` (an index list over ``dim``; dim 0 = batch)."""
+    sub = extra_options.get("sub_idxs")
+    if sub is not None:
+        return list(sub)
+    window = extra_options.get("context_window")
+    if window is not None and getattr(window, "dim", 0) == 0 and getattr(window, "index_list", None) is not None:
+        return list(window.index_list)
+    return None
+
+
 def mask_for_layer(mask, q, extra_options, cache):
     """Spatial mask [Bm,H,W] resized to this layer's token grid -> [Bm, tokens, 1] (cached per grid)."""
     import torch.nn.functional as F

@@ -60,7 +60,7 @@ class ResidualParams:
     def context(self, batch, extra_options, device, dtype):
         """W+ tokens for every batch row [B,4,C], chosen per chunk from cond_or_uncond."""
         cou, b = patch_engine.chunk_layout(batch, extra_options)
-        sub = extra_options.get("sub_idxs")
+        sub = patch_engine.frame_indices(extra_options)
         key = (tuple(cou), b, tuple(sub) if sub is not None else None, str(device), dtype)
         got = self._ctx.get(key)
         if got is not None:
@@ -89,7 +89,7 @@ class ResidualParams:
         cou, b = patch_engine.chunk_layout(q.shape[0], extra_options)
         if m.shape[0] == 1:
             return m
-        sub = extra_options.get("sub_idxs")
+        sub = patch_engine.frame_indices(extra_options)
         if sub is not None and m.shape[0] > b:
             m = m[list(sub)]
         if m.shape[0] != b:
