@@ -124,3 +124,26 @@ def save(workflow, path):
     with open(path, "w", encoding="utf-8") as f:
         json.dump(workflow, f, indent=1)
         f.write("\n")
+
+
+def write_builders(builders, host=None, out_dir=None):
+    """Write each ``name -> build()`` API prompt as UI JSON ``<out_dir>/<name>.json`` (default: the repo's
+    workflows/). ``host``: a booted ComfyHost (one is booted in a temporary home if None)."""
+    from pathlib import Path
+
+    from harness import comfy_host
+
+    if host is None:
+        import tempfile
+
+        host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
+    out_dir = Path(out_dir) if out_dir else comfy_host.REPO / "workflows"
+    out_dir.mkdir(exist_ok=True)
+    written = []
+    for name, build in builders.items():
+        ui = api_to_ui(build(), host.input_types, title=name,
+                       output_types=lambda c: host.node_classes[c].RETURN_TYPES)
+        save(ui, out_dir / f"{name}.json")
+        written.append(out_dir / f"{name}.json")
+        print("wrote", written[-1])
+    return written

@@ -6,13 +6,12 @@ controlnet, adaface_pt + adaface_arc2face -> adaface, mean_emb_keanureeves.pt ->
 shared/data/adaface), input image celebahq_28017.jpg (ControlNet hint).
 """
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness import comfy_host, workflow  # noqa: E402
+from harness import workflow  # noqa: E402
 from harness.graphs import txt2img  # noqa: E402
 
 CKPT = "tiny_sd15-v1.safetensors"
@@ -84,14 +83,7 @@ BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, 
 
 
 def main():
-    host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
-    out_dir = HERE.parents[1] / "workflows"
-    out_dir.mkdir(exist_ok=True)
-    for name, build in BUILDERS.items():
-        ui = workflow.api_to_ui(build(), host.input_types, title=name,
-                                output_types=lambda c: host.node_classes[c].RETURN_TYPES)
-        workflow.save(ui, out_dir / f"{name}.json")
-        print("wrote", out_dir / f"{name}.json")
+    workflow.write_builders(BUILDERS)
 
 
 if __name__ == "__main__":

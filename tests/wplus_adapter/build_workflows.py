@@ -7,9 +7,7 @@ models/wplus tiny_wplus_adapter_sd15-v1.bin (kind wplus_adapter_sd15), models/pi
 tiny_pidiff_sd15-v1.safetensors (kind pidiff_sd15), models/controlnet tiny_controlnet_sd15-v1.safetensors
 (kind controlnet_sd15), models/wplus/codes e4e_1.pth (shared/data/wplus/wcodes), input/wplus_aligned_1.png.
 """
-import json
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -70,15 +68,10 @@ WORKFLOWS = {"wplus_basic": wplus_basic, "pidiff_basic": pidiff_basic, "wplus_co
 def build(comfy, out_dir):
     from harness import workflow as wf
 
-    for name, fn in WORKFLOWS.items():
-        ui = wf.api_to_ui(fn(), comfy.input_types, title=name,
-                          output_types=lambda c: comfy.node_classes[c].RETURN_TYPES)
-        (Path(out_dir) / f"{name}.json").write_text(json.dumps(ui, indent=1))
+    wf.write_builders(WORKFLOWS, comfy, out_dir)
 
 
 if __name__ == "__main__":
-    from harness import comfy_host
+    from harness import workflow as wf
 
-    host = comfy_host.boot(comfy_host.setup_home(Path(tempfile.mkdtemp(prefix="fp_wf_"))))
-    build(host, HERE.parents[1] / "workflows")
-    print("wrote", ", ".join(WORKFLOWS))
+    wf.write_builders(WORKFLOWS)
