@@ -49,3 +49,20 @@ def test_round_trip_matches(comfy):
                 assert got["inputs"][name] == [ids[value[0]], value[1]]
             else:
                 assert got["inputs"][name] == value, (key, name)
+
+
+def test_real_models_replace_tiny_ones(comfy, comfy_home, provision, tmp_path):
+    """The demo's --models: a real file in models/<folder> takes the place of that folder's tiny model."""
+    from comfyui_face_personalization.models_loader import tiny
+    from harness import provision as prov
+
+    installed = prov.provision(comfy_home)  # already installed: only returns the map
+    real_dir = tmp_path / "models" / "checkpoints"
+    real_dir.mkdir(parents=True)
+    (real_dir / "my_sd15.safetensors").symlink_to(tiny.ensure("sd15"))  # stands in for a real SD1.5 file
+    real = prov.link_real_models(comfy_home, tmp_path / "models")
+    assert real == {"checkpoints": ["my_sd15.safetensors"]}
+    prompt = wf.ui_to_api(wf.load(WORKFLOWS[0].parent / "crossinit_basic.json"), comfy.input_types)
+    swaps = prov.prefer_real_models(prompt, installed, real)
+    assert [s[1:] for s in swaps] == [(tiny.ensure("sd15").name, "my_sd15.safetensors")]
+    assert comfy.output_files(comfy.run(prompt))

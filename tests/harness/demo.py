@@ -23,12 +23,19 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(REPO / "demo_output"), help="where the images go")
     ap.add_argument("--workflow", action="append", help="workflow name(s) from workflows/ (default: all)")
+    ap.add_argument("--models", default=str(REPO / "models"),
+                    help="real weights laid out like ComfyUI/models (checkpoints/, e4e/, wplus/, clip_vision/, ...); "
+                         "a workflow uses the first real file of a folder instead of its tiny model (default: ./models)")
     opts = ap.parse_args()
     out = Path(opts.out).resolve()
     home = out / "comfy_home"
     t0 = time.monotonic()
     comfy_host.boot(home)  # builds tiny models with ComfyUI's own classes
-    provision.provision(home)
+    real = provision.link_real_models(home, opts.models)
+    installed = provision.provision(home)
+    if real:
+        print(f"[demo] real weights from {opts.models}: " + ", ".join(f"{k}/ ({len(v)})" for k, v in real.items()),
+              flush=True)
     names = opts.workflow or sorted(p.stem for p in (REPO / "workflows").glob("*.json"))
     names = [n for n in PREFERRED if n in names] + [n for n in names if n not in PREFERRED]
     images_dir = out / "images"
@@ -41,6 +48,8 @@ def main():
             t = time.monotonic()
             ui = workflow.load(REPO / "workflows" / f"{name}.json")
             prompt = workflow.ui_to_api(ui, srv.input_types)
+            for _, tiny_name, real_name in provision.prefer_real_models(prompt, installed, real):
+                print(f"[demo] {name}: {real_name} instead of the tiny {tiny_name}", flush=True)
             try:
                 outputs = srv.run(prompt)
             except Exception as exc:  # report and go on with the other workflows

@@ -79,3 +79,35 @@ def provision(home, kinds=None, shared=True):
                     dst_dir.mkdir(parents=True, exist_ok=True)
                     shutil.copyfile(src, dst)
     return installed
+
+
+def link_real_models(home, models_dir):
+    """Link the files of a real ``models/`` tree (laid out like ComfyUI/models: checkpoints/, e4e/, wplus/, ...)
+    into ``home``/models. Returns {folder: sorted file names} of the top-level files per folder."""
+    models_dir = Path(models_dir)
+    found = {}
+    if not models_dir.is_dir():
+        return found
+    for folder in sorted(p for p in models_dir.iterdir() if p.is_dir()):
+        for entry in sorted(folder.iterdir()):
+            if entry.name.startswith("."):
+                continue
+            _link(entry.resolve(), Path(home) / "models" / folder.name / entry.name)
+            if entry.is_file():
+                found.setdefault(folder.name, []).append(entry.name)
+    return found
+
+
+def prefer_real_models(prompt, installed, real):
+    """Point every input that names a tiny model at the first real file of the same folder, if any.
+    ``installed``: {tiny file name: kind} from :func:`provision`; ``real``: from :func:`link_real_models`.
+    Returns [(node id, tiny name, real name)] of the substitutions."""
+    swaps = []
+    for nid, node in prompt.items():
+        for key, value in node.get("inputs", {}).items():
+            kind = installed.get(value) if isinstance(value, str) else None
+            files = real.get(TINY_MODEL_FOLDERS.get(kind, ""), []) if kind else []
+            if files:
+                node["inputs"][key] = files[0]
+                swaps.append((nid, value, files[0]))
+    return swaps
