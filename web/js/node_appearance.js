@@ -1,6 +1,6 @@
 // Face Personalization: give the pack's nodes one recognisable colour in the graph.
 // Matches nodes by the Python category the server reports, so it never touches other packs' nodes.
-import { app } from "../../scripts/app.js";
+import { app } from "../../../scripts/app.js";  // served at /extensions/<pack>/js/
 
 const CATEGORY = "face_personalization";
 const COLOR = "#2a3b4d";
