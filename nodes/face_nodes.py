@@ -8,6 +8,7 @@ from ..models_loader.face import analysis as _analysis
 from ..models_loader.face import detect as _detect
 from ..models_loader.face import embed as _embed
 from ..models_loader.face import mask as _mask
+from ..models_loader.face import similarity as _similarity
 from ..models_loader.face.types import FACE_ALIGN_TRANSFORM, FACE_EMBEDS, FACES
 
 CAT = category("face")
@@ -245,7 +246,36 @@ class WhitenBackground:
         return (_mask.whiten_background(image, mask, blur),)
 
 
+class FaceSimilarity:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "image": ("IMAGE", {"tooltip": "Images to score (e.g. the sampler's output, decoded)."}),
+            "reference": (FACE_EMBEDS, {"tooltip": "The identity: FP_FaceEmbed / FP_LoadFaceEmbeds output "
+                                                   "(several rows are averaged into one identity)."}),
+            "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "An insightface analysis with a recognition model "
+                                                               "(antelopev2 or buffalo_l)."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
+                                     "tooltip": "Detection confidence threshold."}),
+        }}
+
+    RETURN_TYPES = ("FLOAT", "STRING")
+    RETURN_NAMES = ("mean_similarity", "report")
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+    CATEGORY = CAT
+    DESCRIPTION = ("ArcFace identity similarity (cosine, -1..1) of the largest face in each image to the reference "
+                   "identity: the papers' ID score, to compare methods, strengths or seeds. Images without a face are "
+                   "reported as 'no face' and left out of the mean instead of stopping the run.")
+
+    def execute(self, image, reference, face_analysis, det_thresh):
+        scores = _similarity.identity_scores(image, reference, face_analysis, det_thresh)
+        mean, report = _similarity.summary(scores)
+        return {"ui": {"text": [report]}, "result": (mean, report)}
+
+
 NODE_CLASS_MAPPINGS = {
+    "FP_FaceSimilarity": FaceSimilarity,
     "FP_FaceAnalysisLoader": FaceAnalysisLoader,
     "FP_OfflineFaceDetector": OfflineFaceDetector,
     "FP_FaceDetect": FaceDetect,
@@ -258,6 +288,7 @@ NODE_CLASS_MAPPINGS = {
     "FP_WhitenBackground": WhitenBackground,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
+    "FP_FaceSimilarity": "Face Similarity (ArcFace ID score)",
     "FP_FaceAnalysisLoader": "Face Analysis Loader (insightface)",
     "FP_OfflineFaceDetector": "Offline Face Detector (mediapipe)",
     "FP_FaceDetect": "Face Detect",
