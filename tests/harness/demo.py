@@ -16,7 +16,8 @@ from harness.server import ComfyServer  # noqa: E402
 
 REPO = comfy_host.REPO
 # shown first when present; every other workflow in workflows/ runs after these
-PREFERRED = ["wplus_basic", "adaface_basic", "crossinit_basic", "personamagic_basic", "faces_detect_align"]
+PREFERRED = ["wplus_basic", "adaface_from_photo", "adaface_basic", "crossinit_basic", "personamagic_basic",
+             "faces_detect_align"]
 
 
 def main():
@@ -58,6 +59,9 @@ def main():
                 continue
             count = 0
             for node_out in outputs.values():
+                for text in node_out.get("text", []):  # e.g. the Face Similarity report: its summary line
+                    if isinstance(text, str) and text.strip():
+                        print(f"[demo] {name}: {text.strip().splitlines()[-1]}", flush=True)
                 for item in node_out.get("images", []):
                     src = home / item.get("type", "output") / item.get("subfolder", "") / item["filename"]
                     if src.exists():

@@ -46,6 +46,10 @@ def shared_data_dir():
 
 def _link(src, dst):
     dst.parent.mkdir(parents=True, exist_ok=True)
+    if dst.is_dir() and not dst.is_symlink() and Path(src).is_dir():  # merge into an existing folder
+        for child in sorted(Path(src).iterdir()):
+            _link(child, dst / child.name)
+        return
     if dst.exists() or dst.is_symlink():
         return
     try:
@@ -68,6 +72,11 @@ def provision(home, kinds=None, shared=True):
         src = tiny.ensure(kind)
         _link(src, home / "models" / folder / src.name)
         installed[src.name] = kind
+    pack = home / "models" / "insightface" / "models" / "antelopev2"
+    if kinds is None and not pack.exists():  # tiny insightface pack (a real one, if linked, wins)
+        from comfyui_face_personalization.models_loader.tiny import face as tiny_face
+
+        tiny_face.make_pack(home / "models" / "insightface", "antelopev2")
     data = shared_data_dir()
     if shared and data.is_dir():
         for rel, folder in SHARED_FILES.items():

@@ -40,6 +40,23 @@ def adaface_basic(batch=1, prefix="adaface_basic"):
     return p
 
 
+def adaface_from_photo():
+    """Photo -> insightface antelopev2 -> ArcFace mean -> AdaFace tokens -> sample -> ArcFace ID score."""
+    p = adaface_basic(prefix="adaface_from_photo")
+    p["photo"] = {"class_type": "LoadImage", "inputs": {"image": "celebahq_28017.jpg"}}
+    p["fa"] = {"class_type": "FP_FaceAnalysisLoader", "inputs": {"model_pack": "antelopev2", "provider": "auto",
+                                                                 "det_size": 640}}
+    p["detect"] = {"class_type": "FP_FaceDetect", "inputs": {"image": ["photo", 0], "face_analysis": ["fa", 0],
+                                                             "select": "largest", "index": 0, "if_no_face": "error",
+                                                             "det_thresh": 0.5}}
+    p["embed"] = {"class_type": "FP_FaceEmbed", "inputs": {"faces": ["detect", 0], "mode": "mean"}}
+    p["inv"]["inputs"]["face_embeds"] = ["embed", 0]
+    p["inv"]["inputs"]["embeds_file"] = "(none)"
+    p["score"] = {"class_type": "FP_FaceSimilarity", "inputs": {"image": ["decode", 0], "reference": ["embed", 0],
+                                                                "face_analysis": ["fa", 0], "det_thresh": 0.5}}
+    return p
+
+
 def adaface_controlnet():
     p = adaface_basic(prefix="adaface_controlnet")
     p["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny_controlnet_sd15-v1.safetensors"}}
@@ -78,7 +95,8 @@ def mix_identities():
     return p
 
 
-BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, "adaface_controlnet": adaface_controlnet,
+BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, "adaface_from_photo": adaface_from_photo,
+            "adaface_controlnet": adaface_controlnet,
             "adaface_animatediff": adaface_animatediff, "mix_identities": mix_identities}
 
 

@@ -14,3 +14,16 @@ def test_workflow_runs(comfy, name, tiny_sd15, adaface_files):
     out = comfy.run(prompt)
     files = comfy.output_files(out)
     assert len(files) == (4 if name == "adaface_animatediff" else 1)
+
+
+def test_adaface_from_photo_scores_the_result(comfy, comfy_home, tiny_sd15, adaface_files):
+    """Photo -> antelopev2 -> ArcFace -> AdaFace -> image -> ID score: the score node reports on the image."""
+    from harness import provision, workflow
+
+    provision.provision(comfy_home)  # the tiny antelopev2 pack and the shared photos
+    prompt = workflow.ui_to_api(workflow.load(WF / "adaface_from_photo.json"), comfy.input_types)
+    out = comfy.run(prompt)
+    assert len(comfy.output_files(out)) == 1
+    score = next(v for k, v in out.items() if prompt[k]["class_type"] == "FP_FaceSimilarity")
+    report = score["text"][0]
+    assert report.splitlines()[0].startswith("image 1: ") and "images with a face" in report
