@@ -4,6 +4,7 @@ import os
 from ._common import category
 from ..models_loader import paths
 from ..models_loader.methods.personamagic import checkpoint as pm_ckpt
+from ..models_loader.methods.personamagic import reference as pm_reference
 from ..models_loader.methods.personamagic import staged as pm_staged
 
 CAT = category("personamagic")
@@ -51,9 +52,9 @@ class StageRegulatedTI:
             },
             "optional": {
                 "clip_vision_output": ("CLIP_VISION_OUTPUT", {
-                    "tooltip": "CLIPVisionEncode output of the reference face with a CLIP ViT-B/32 vision model "
-                               "(its 512-d image_embeds feed the V-only bypass; crop 'none' matches the official "
-                               "resize). Leave empty to disable the bypass."}),
+                    "tooltip": "PersonaMagic Reference Encode (official preprocessing) of the reference photo with "
+                               "a CLIP ViT-B/32; its 512-d image_embeds feed the V-only bypass. Core CLIP Vision "
+                               "Encode output is accepted too. Leave empty to disable the bypass."}),
                 "class_word": ("STRING", {"default": "",
                                           "tooltip": "Class word used for t > 800 and for the token "
                                                      "normalisation; empty = the mapper's (official: 'face')."}),
@@ -81,6 +82,27 @@ class StageRegulatedTI:
         m, cond, _ = pm_staged.apply_stage_regulated_ti(model, clip, mapper, text, trigger, clip_vision_output,
                                                        class_word, t_high, t_low)
         return (m, cond)
+
+
+class PersonaMagicReferenceEncode:
+    @classmethod
+    def INPUT_TYPES(cls):
+        return {"required": {
+            "clip_vision": ("CLIP_VISION", {"tooltip": "OpenAI CLIP ViT-B/32 (Load CLIP Vision (any ViT size))."}),
+            "image": ("IMAGE", {"tooltip": "The reference photo of the person (several images: one embedding each; "
+                                           "StageRegulatedTI averages them)."}),
+        }}
+
+    RETURN_TYPES = ("CLIP_VISION_OUTPUT",)
+    RETURN_NAMES = ("clip_vision_output",)
+    FUNCTION = "encode"
+    CATEGORY = CAT
+    DESCRIPTION = ("CLIP image embedding of the reference photo for PersonaMagic's bypass, preprocessed exactly as the "
+                   "official inference (PIL bicubic to 512, then bicubic to 224 with aligned corners and no "
+                   "antialiasing). Core CLIP Vision Encode resizes differently, which moves the embedding.")
+
+    def encode(self, clip_vision, image):
+        return (pm_reference.encode_reference(clip_vision, image),)
 
 
 class SavePersonaMagicMapper:
@@ -116,9 +138,11 @@ NODE_CLASS_MAPPINGS = {
     "LoadPersonaMagic": LoadPersonaMagic,
     "StageRegulatedTI": StageRegulatedTI,
     "SavePersonaMagicMapper": SavePersonaMagicMapper,
+    "PersonaMagicReferenceEncode": PersonaMagicReferenceEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "LoadPersonaMagic": "Load PersonaMagic Mapper",
     "StageRegulatedTI": "Stage-Regulated TI (PersonaMagic)",
     "SavePersonaMagicMapper": "Save PersonaMagic Mapper (safetensors)",
+    "PersonaMagicReferenceEncode": "PersonaMagic Reference Encode (official preprocessing)",
 }

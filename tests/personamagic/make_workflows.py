@@ -35,8 +35,8 @@ def personamagic_basic(ckpt=CKPT, mapper=MAPPER, steps=4, prefix="personamagic_b
         p["clipv"] = {"class_type": "LoadCLIPVisionAnySize", "inputs": {"clip_name": clip_vision,
                                                                         "activation": "quick_gelu",
                                                                         "precision": "fp32"}}
-        p["clipv_enc"] = {"class_type": "CLIPVisionEncode", "inputs": {
-            "clip_vision": ["clipv", 0], "image": ["ref", 0], "crop": "none"}}
+        p["clipv_enc"] = {"class_type": "PersonaMagicReferenceEncode", "inputs": {
+            "clip_vision": ["clipv", 0], "image": ["ref", 0]}}
         p["sti"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
     del p["pos"]
     p["sample"]["inputs"]["model"] = ["sti", 0]

@@ -163,3 +163,28 @@ def test_graph_bypass_from_reference_photo(comfy, tiny_sd15, pm_install, install
     without = personamagic_basic(ckpt=tiny_sd15, mapper=mapper, steps=4, prefix="pm_nocv", clip_vision=None)
     a, b = _image(comfy, comfy.run(with_bypass)), _image(comfy, comfy.run(without))
     assert np.abs(a - b).max() > 0
+
+
+def test_reference_encode_matches_official_preprocessing(comfy, vitb32, shared_data, install_model):
+    """PersonaMagicReferenceEncode == official read_image (PIL bicubic 512) + MultiCLIP.preprocess (bicubic 224,
+    align_corners, no antialias) + CLIP image embedding, written here with PIL + torch + the HF model."""
+    import torch.nn.functional as F
+
+    ref, _ = vitb32
+    cv = comfy.node_classes["LoadCLIPVisionAnySize"]().load(install_model("clip_vision_vitb32", "clip_vision"),
+                                                            "quick_gelu", "fp32")[0]
+    path = shared_data / "faces" / "personamagic_person_1.jpg"
+    img = Image.open(path).convert("RGB").resize((512, 512), resample=Image.BICUBIC)
+    x = torch.from_numpy(np.asarray(img).astype(np.float32) / 127.5 - 1.0).permute(2, 0, 1)[None]
+    x = F.interpolate(x, size=(224, 224), mode="bicubic", align_corners=True)
+    x = ((x + 1.0) / 2.0 - torch.tensor([0.48145466, 0.4578275, 0.40821073]).view(1, 3, 1, 1)) \
+        / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        want = ref(pixel_values=x).image_embeds
+    node = comfy.node_classes["PersonaMagicReferenceEncode"]()
+    got = node.encode(cv, _photo(shared_data))[0]["image_embeds"].float()
+    assert got.shape == (1, 512)
+    assert (got - want).abs().max() <= 1e-5
+    # core CLIPVisionEncode (antialiased resize) gives a measurably different embedding
+    core = cv.encode_image(_photo(shared_data), crop=False)["image_embeds"].float()
+    assert (core - want).abs().max() > 1e-3
