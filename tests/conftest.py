@@ -36,11 +36,10 @@ def pack(comfy):
 def _install_model(comfy_home, kind, folder):
     from comfyui_face_personalization.models_loader import tiny
 
+    from harness.provision import link
+
     src = tiny.ensure(kind)
-    dst = Path(comfy_home) / "models" / folder / src.name
-    if not dst.exists():
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        dst.symlink_to(src)
+    link(src, Path(comfy_home) / "models" / folder / src.name)
     return src.name
 
 

@@ -4,6 +4,8 @@ timestep (the oracle: contexts substituted by hand, no PersonaMagic patch)."""
 import pytest
 import torch
 
+from harness.unet import comfy_eps
+
 TOL = 1e-5
 
 
@@ -33,9 +35,7 @@ def _eps(mp, ctx, t, value=None):
     m = mp.clone()
     if value is not None:
         m.set_model_attn2_patch(lambda n, c, v, extra: (n, c, value.to(c.dtype)))
-    to = dict(m.model_options["transformer_options"], cond_or_uncond=[0], sigmas=sigma)
-    with torch.no_grad():
-        return m.model.diffusion_model(x, timesteps=torch.tensor([float(t)]), context=ctx, transformer_options=to)
+    return comfy_eps(m, x, torch.tensor([float(t)]), ctx, [0], sigma=float(sigma))
 
 
 @pytest.mark.parametrize("bypass", [False, True])

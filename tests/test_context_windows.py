@@ -14,6 +14,8 @@ when frames == steps + 1, hence 3 steps for 4 frames below (a core limitation, n
 import pytest
 import torch
 
+from harness.unet import comfy_eps
+
 REL_TOL = 1e-4  # of the latent's magnitude (the tiny random UNet's latents reach ~1e2; fusing divides)
 FRAMES = 4
 WINDOWS = {  # (context_length, overlap, schedule, fuse)
@@ -121,9 +123,7 @@ def test_rca_reads_core_context_window_rows(comfy, shared_data):
     t = torch.full((4,), 500.0)
 
     def eps(model, **extra):
-        to = dict(model.model_options["transformer_options"], cond_or_uncond=[0, 1], sigmas=torch.ones(4), **extra)
-        with torch.no_grad():
-            return model.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+        return comfy_eps(model, x, t, ctx, [0, 1], **extra)
 
     windowed = eps(apply_residual_cross_attention(mp, weights, w, 1.0, start_percent=0.0),
                    context_window=IndexListContextWindow([1, 3]))

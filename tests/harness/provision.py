@@ -44,11 +44,13 @@ def shared_data_dir():
     return Path(os.environ.get("FP_SHARED", repo.parent / "shared")) / "data"
 
 
-def _link(src, dst):
+def link(src, dst):
+    """Symlink ``src`` at ``dst`` (a copy where symlinks fail); a folder onto an existing folder merges
+    into it; an existing ``dst`` is left as it is."""
     dst.parent.mkdir(parents=True, exist_ok=True)
     if dst.is_dir() and not dst.is_symlink() and Path(src).is_dir():  # merge into an existing folder
         for child in sorted(Path(src).iterdir()):
-            _link(child, dst / child.name)
+            link(child, dst / child.name)
         return
     if dst.exists() or dst.is_symlink():
         return
@@ -70,7 +72,7 @@ def provision(home, kinds=None, shared=True):
         if folder is None:
             continue
         src = tiny.ensure(kind)
-        _link(src, home / "models" / folder / src.name)
+        link(src, home / "models" / folder / src.name)
         installed[src.name] = kind
     pack = home / "models" / "insightface" / "models" / "antelopev2"
     if kinds is None and not pack.exists():  # tiny insightface pack (a real one, if linked, wins)
@@ -101,7 +103,7 @@ def link_real_models(home, models_dir):
         for entry in sorted(folder.iterdir()):
             if entry.name.startswith("."):
                 continue
-            _link(entry.resolve(), Path(home) / "models" / folder.name / entry.name)
+            link(entry.resolve(), Path(home) / "models" / folder.name / entry.name)
             if entry.is_file():
                 found.setdefault(folder.name, []).append(entry.name)
     return found

@@ -181,10 +181,11 @@ def test_reference_encode_matches_official_preprocessing(comfy, vitb32, shared_d
         / torch.tensor([0.26862954, 0.26130258, 0.27577711]).view(1, 3, 1, 1)
     with torch.no_grad():
         want = ref(pixel_values=x).image_embeds
+    photo = _photo(shared_data)
     node = comfy.node_classes["PersonaMagicReferenceEncode"]()
-    got = node.encode(cv, _photo(shared_data))[0]["image_embeds"].float()
+    got = node.encode(cv, photo)[0]["image_embeds"].float()
     assert got.shape == (1, 512)
     assert (got - want).abs().max() <= 1e-5
     # core CLIPVisionEncode (antialiased resize) gives a measurably different embedding
-    core = cv.encode_image(_photo(shared_data), crop=False)["image_embeds"].float()
+    core = cv.encode_image(photo, crop=False)["image_embeds"].float()
     assert (core - want).abs().max() > 1e-3

@@ -5,7 +5,8 @@ import copy
 import pytest
 import torch
 
-from test_rca_oracle import _apply, _inputs, comfy_eps
+from harness.unet import comfy_eps
+from test_rca_oracle import _apply, _inputs
 
 
 class ForeignAttn2Replace:

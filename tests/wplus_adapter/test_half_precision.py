@@ -5,6 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.unet import comfy_eps
 from test_rca_oracle import _apply, _inputs
 
 
@@ -27,9 +28,7 @@ def adapter(tiny_adapter_path):
 
 def _eps(mp, dtype, order=(1, 0), b=1):
     x, t, ctx = _inputs(b=b, hw=8, seed=3)
-    to = dict(mp.model_options["transformer_options"], cond_or_uncond=list(order), sigmas=torch.ones(x.shape[0]))
-    with torch.no_grad():
-        return mp.model.diffusion_model(x.to(dtype), timesteps=t, context=ctx.to(dtype), transformer_options=to)
+    return comfy_eps(mp, x.to(dtype), t, ctx.to(dtype), order)
 
 
 def test_bf16_patch_effect_matches_fp32(bf16_unet, tiny_unet, adapter, wcodes):

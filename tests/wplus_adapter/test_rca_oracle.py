@@ -4,6 +4,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from harness.unet import comfy_eps
+
 TOL = 1e-4
 
 
@@ -68,14 +70,6 @@ def set_ref_processors(unet, raw, e, lam, mask=None, latent_hw=None):
         else:
             procs[name] = AttnProcessor2_0()
     unet.set_attn_processor(procs)
-
-
-def comfy_eps(mp, x, t, ctx, cond_or_uncond, sigma=1.0):
-    to = dict(mp.model_options["transformer_options"])
-    to["cond_or_uncond"] = list(cond_or_uncond)
-    to["sigmas"] = torch.full((x.shape[0],), float(sigma))
-    with torch.no_grad():
-        return mp.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
 
 
 def _inputs(b=1, hw=16, seed=0):
@@ -198,9 +192,6 @@ def test_animatediff_sub_idxs_pick_wplus_rows(tiny_unet, adapter, wcodes):
     w = torch.cat(wcodes[:4])  # 4 'frames'
     patched = _apply(tiny_unet, adapter, w, 1.0)
     x, t, ctx = _inputs(b=2, seed=4)
-    to = dict(patched.model_options["transformer_options"])
-    to.update(cond_or_uncond=[0, 1], sigmas=torch.ones(4), sub_idxs=[1, 3])
-    with torch.no_grad():
-        win = patched.model.diffusion_model(x, timesteps=t, context=ctx, transformer_options=to)
+    win = comfy_eps(patched, x, t, ctx, [0, 1], sub_idxs=[1, 3])
     direct = _apply(tiny_unet, adapter, torch.cat([wcodes[1], wcodes[3]]), 1.0)
     assert torch.allclose(win, comfy_eps(direct, x, t, ctx, [0, 1]), atol=1e-5)
