@@ -23,3 +23,11 @@ def test_missing_insightface_pack_is_reported_not_raised(comfy, tmp_path):
 
     lines = diagnostics.insightface_lines(roots=[str(tmp_path)])
     assert len(lines) == 2 and all("not usable" in line and str(tmp_path) in line for line in lines)
+
+
+def test_runs_in_a_graph(comfy):
+    """As an output node of a real prompt; it re-runs every time (IS_CHANGED is NaN). A fresh prompt dict per
+    run, as the server parses one per request (ComfyUI stores the IS_CHANGED value in the prompt's node)."""
+    for _ in range(2):
+        out = comfy.run({"diag": {"class_type": "FP_Diagnostics", "inputs": {}}})
+        assert out["diag"]["text"][0].startswith("Face Personalization diagnostics")

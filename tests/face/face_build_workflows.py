@@ -22,6 +22,8 @@ def faces_detect_align_prompt(image="wplus_in_the_wild_1.jpg", prefix="faces_det
             "faces": ["detect", 0], "image": ["load", 0], "shape": "convex_hull", "grow": 1.1, "feather": 8.0}},
         "mask_img": {"class_type": "MaskToImage", "inputs": {"mask": ["mask", 0]}},
         "preview": {"class_type": "PreviewImage", "inputs": {"images": ["mask_img", 0]}},
+        # what the pack sees (versions, providers, model files): the first thing to run on a new install
+        "diagnostics": {"class_type": "FP_Diagnostics", "inputs": {}},
     }
 
 
