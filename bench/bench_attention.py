@@ -40,7 +40,7 @@ def build(kind, device, dtype):
     import torch
     import comfy.model_patcher
 
-    from comfyui_face_personalization.models_loader.tiny.sd import build_model
+    from fixtures.tiny.sd import build_model
 
     model = build_model(kind, dtype=dtype)
     model.diffusion_model.to(device)
@@ -53,7 +53,7 @@ def run(quick=False, repeats=None, latent=None, device=None, dtype_name=None, lo
 
     from comfyui_face_personalization.models_loader.methods.wplus.attention import apply_residual_cross_attention
     from comfyui_face_personalization.models_loader.patch_engine import cross_attention_layers
-    from comfyui_face_personalization.models_loader.tiny.wplus_adapter import random_weights
+    from fixtures.tiny.wplus_adapter import random_weights
 
     device = device or ("cuda" if torch.cuda.is_available() else "cpu")
     dtype = {"fp32": torch.float32, "fp16": torch.float16}[dtype_name or ("fp16" if device == "cuda" else "fp32")]

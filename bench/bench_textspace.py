@@ -27,7 +27,7 @@ def main():
     host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_bench_")))
     import nodes
     import torch
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface.load import load_adaface
     from comfyui_face_personalization.models_loader.methods.crossinit import core
     from comfyui_face_personalization.models_loader import clip_tokens

@@ -1,2 +1,2 @@
 """Method implementations, checkpoint loaders and the shared engines (attention patches,
-face pipeline, tiny model factory). Nodes in ``nodes/`` are thin wrappers over this package."""
+face pipeline). Nodes in ``nodes/`` are thin wrappers over this package."""

@@ -15,7 +15,7 @@ def _files(folder):
         return []
 
 
-class LoadAdaFace:
+class FP_LoadAdaFace:
     DESCRIPTION = ("Loads an AdaFace prompt inverter (official adaface .pt/.ckpt, read with a restricted unpickler that "
                    "never runs checkpoint code, or the pack's .safetensors) and the Arc2Face text encoder (HF "
                    "CLIPTextModel safetensors) from models/adaface. In a joint checkpoint the Arc2Face generator is used.")
@@ -87,5 +87,5 @@ class AdaFaceInvert:
         return (clip_tokens.apply_trigger(clip, trigger_word, {"clip_l": tokens}, what="AdaFace identity (768-d, SD1.x)"), identity)
 
 
-NODE_CLASS_MAPPINGS = {"LoadAdaFace": LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadAdaFace": "Load AdaFace", "AdaFaceInvert": "AdaFace Invert (face -> prompt tokens)"}
+NODE_CLASS_MAPPINGS = {"FP_LoadAdaFace": FP_LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}
+NODE_DISPLAY_NAME_MAPPINGS = {"FP_LoadAdaFace": "Load AdaFace", "AdaFaceInvert": "AdaFace Invert (face -> prompt tokens)"}

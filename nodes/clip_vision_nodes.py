@@ -3,7 +3,7 @@ from ._common import category
 from ..models_loader import clip_vision, paths
 
 
-class LoadCLIPVisionAnySize:
+class FP_LoadCLIPVisionAnySize:
     @classmethod
     def INPUT_TYPES(cls):
         import folder_paths
@@ -36,5 +36,5 @@ class LoadCLIPVisionAnySize:
         return (clip_vision.load(paths.resolve("clip_vision", clip_name), activation, precision),)
 
 
-NODE_CLASS_MAPPINGS = {"LoadCLIPVisionAnySize": LoadCLIPVisionAnySize}
-NODE_DISPLAY_NAME_MAPPINGS = {"LoadCLIPVisionAnySize": "Load CLIP Vision (any ViT size)"}
+NODE_CLASS_MAPPINGS = {"FP_LoadCLIPVisionAnySize": FP_LoadCLIPVisionAnySize}
+NODE_DISPLAY_NAME_MAPPINGS = {"FP_LoadCLIPVisionAnySize": "Load CLIP Vision (any ViT size)"}

@@ -26,7 +26,7 @@ def _pack_names():
     return ["antelopev2", "buffalo_l"] + sorted(names - {"antelopev2", "buffalo_l"})
 
 
-class FaceAnalysisLoader:
+class FP_FaceAnalysisLoader:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -47,7 +47,7 @@ class FaceAnalysisLoader:
         return (_analysis.load_face_analysis(model_pack, provider, det_size),)
 
 
-class OfflineFaceDetector:
+class FP_OfflineFaceDetector:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -69,7 +69,7 @@ class OfflineFaceDetector:
         return (load_offline_detector(det_thresh, max_faces),)
 
 
-class FaceDetect:
+class FP_FaceDetect:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -92,7 +92,7 @@ class FaceDetect:
         return (_detect.detect_faces(image, face_analysis, select, index, if_no_face, det_thresh=det_thresh),)
 
 
-class FaceEmbed:
+class FP_FaceEmbed:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -117,7 +117,7 @@ class FaceEmbed:
         return (_embed.face_embeds(faces, mode),)
 
 
-class SaveFaceEmbeds:
+class FP_SaveFaceEmbeds:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -137,7 +137,7 @@ class SaveFaceEmbeds:
         return {"ui": {"text": [path]}, "result": (path,)}
 
 
-class LoadFaceEmbeds:
+class FP_LoadFaceEmbeds:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -163,7 +163,7 @@ class LoadFaceEmbeds:
         return (_embed.load_embeds(paths.resolve("face_embeds", embeds_file)),)
 
 
-class FaceAlign:
+class FP_FaceAlign:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -185,7 +185,7 @@ class FaceAlign:
         return _align.align_faces(image, faces, template, size, padding)
 
 
-class FacePasteBack:
+class FP_FacePasteBack:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -205,7 +205,7 @@ class FacePasteBack:
         return (_align.paste_back(image, aligned, transform, feather),)
 
 
-class FaceMask:
+class FP_FaceMask:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -227,7 +227,7 @@ class FaceMask:
         return (_mask.face_mask(faces, shape, grow, feather, image.shape[1], image.shape[2]),)
 
 
-class WhitenBackground:
+class FP_WhitenBackground:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -246,7 +246,7 @@ class WhitenBackground:
         return (_mask.whiten_background(image, mask, blur),)
 
 
-class FaceSimilarity:
+class FP_FaceSimilarity:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -275,17 +275,17 @@ class FaceSimilarity:
 
 
 NODE_CLASS_MAPPINGS = {
-    "FP_FaceSimilarity": FaceSimilarity,
-    "FP_FaceAnalysisLoader": FaceAnalysisLoader,
-    "FP_OfflineFaceDetector": OfflineFaceDetector,
-    "FP_FaceDetect": FaceDetect,
-    "FP_FaceEmbed": FaceEmbed,
-    "FP_SaveFaceEmbeds": SaveFaceEmbeds,
-    "FP_LoadFaceEmbeds": LoadFaceEmbeds,
-    "FP_FaceAlign": FaceAlign,
-    "FP_FacePasteBack": FacePasteBack,
-    "FP_FaceMask": FaceMask,
-    "FP_WhitenBackground": WhitenBackground,
+    "FP_FaceSimilarity": FP_FaceSimilarity,
+    "FP_FaceAnalysisLoader": FP_FaceAnalysisLoader,
+    "FP_OfflineFaceDetector": FP_OfflineFaceDetector,
+    "FP_FaceDetect": FP_FaceDetect,
+    "FP_FaceEmbed": FP_FaceEmbed,
+    "FP_SaveFaceEmbeds": FP_SaveFaceEmbeds,
+    "FP_LoadFaceEmbeds": FP_LoadFaceEmbeds,
+    "FP_FaceAlign": FP_FaceAlign,
+    "FP_FacePasteBack": FP_FacePasteBack,
+    "FP_FaceMask": FP_FaceMask,
+    "FP_WhitenBackground": FP_WhitenBackground,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
     "FP_FaceSimilarity": "Face Similarity (ArcFace ID score)",

@@ -10,7 +10,7 @@ from ..models_loader.methods.personamagic import staged as pm_staged
 CAT = category("personamagic")
 
 
-class LoadPersonaMagic:
+class FP_LoadPersonaMagic:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -84,7 +84,7 @@ class StageRegulatedTI:
         return (m, cond)
 
 
-class PersonaMagicReferenceEncode:
+class FP_PersonaMagicReferenceEncode:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -105,7 +105,7 @@ class PersonaMagicReferenceEncode:
         return (pm_reference.encode_reference(clip_vision, image),)
 
 
-class SavePersonaMagicMapper:
+class FP_SavePersonaMagicMapper:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
@@ -135,14 +135,14 @@ class SavePersonaMagicMapper:
 
 
 NODE_CLASS_MAPPINGS = {
-    "LoadPersonaMagic": LoadPersonaMagic,
+    "FP_LoadPersonaMagic": FP_LoadPersonaMagic,
     "StageRegulatedTI": StageRegulatedTI,
-    "SavePersonaMagicMapper": SavePersonaMagicMapper,
-    "PersonaMagicReferenceEncode": PersonaMagicReferenceEncode,
+    "FP_SavePersonaMagicMapper": FP_SavePersonaMagicMapper,
+    "FP_PersonaMagicReferenceEncode": FP_PersonaMagicReferenceEncode,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadPersonaMagic": "Load PersonaMagic Mapper",
+    "FP_LoadPersonaMagic": "Load PersonaMagic Mapper",
     "StageRegulatedTI": "Stage-Regulated TI (PersonaMagic)",
-    "SavePersonaMagicMapper": "Save PersonaMagic Mapper (safetensors)",
-    "PersonaMagicReferenceEncode": "PersonaMagic Reference Encode (official preprocessing)",
+    "FP_SavePersonaMagicMapper": "Save PersonaMagic Mapper (safetensors)",
+    "FP_PersonaMagicReferenceEncode": "PersonaMagic Reference Encode (official preprocessing)",
 }

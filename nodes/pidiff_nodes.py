@@ -3,7 +3,7 @@ from ._common import category
 from ..models_loader import paths
 
 
-class LoadPIDiff:
+class FP_LoadPIDiff:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"pidiff_name": (paths.list_files("pidiff"), {
@@ -24,7 +24,7 @@ class LoadPIDiff:
         return (load_pidiff(paths.resolve("pidiff", pidiff_name)),)
 
 
-class ApplyStyleCrossAttention:
+class FP_ApplyStyleCrossAttention:
     @classmethod
     def INPUT_TYPES(cls):
         return {
@@ -60,10 +60,10 @@ class ApplyStyleCrossAttention:
 
 
 NODE_CLASS_MAPPINGS = {
-    "LoadPIDiff": LoadPIDiff,
-    "ApplyStyleCrossAttention": ApplyStyleCrossAttention,
+    "FP_LoadPIDiff": FP_LoadPIDiff,
+    "FP_ApplyStyleCrossAttention": FP_ApplyStyleCrossAttention,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadPIDiff": "Load PIDiff",
-    "ApplyStyleCrossAttention": "Apply PIDiff Style Cross-Attention",
+    "FP_LoadPIDiff": "Load PIDiff",
+    "FP_ApplyStyleCrossAttention": "Apply PIDiff Style Cross-Attention",
 }

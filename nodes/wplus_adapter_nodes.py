@@ -5,7 +5,7 @@ from ..models_loader import paths
 _STRENGTH_TIP = "lambda: weight of the W+ residual (official demo 1.0, Stage I notebook 0.8). 0 = model unchanged."
 
 
-class LoadWPlusAdapter:
+class FP_LoadWPlusAdapter:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {"adapter_name": (paths.list_files("wplus"), {
@@ -66,10 +66,10 @@ class ApplyResidualCrossAttention:
 
 
 NODE_CLASS_MAPPINGS = {
-    "LoadWPlusAdapter": LoadWPlusAdapter,
+    "FP_LoadWPlusAdapter": FP_LoadWPlusAdapter,
     "ApplyResidualCrossAttention": ApplyResidualCrossAttention,
 }
 NODE_DISPLAY_NAME_MAPPINGS = {
-    "LoadWPlusAdapter": "Load W+ Adapter",
+    "FP_LoadWPlusAdapter": "Load W+ Adapter",
     "ApplyResidualCrossAttention": "Apply W+ Residual Cross-Attention",
 }

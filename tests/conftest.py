@@ -34,7 +34,7 @@ def pack(comfy):
 
 
 def _install_model(comfy_home, kind, folder):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     from harness.provision import link
 

@@ -11,7 +11,7 @@ TOL = 1e-5
 
 @pytest.fixture(scope="module")
 def stack(comfy, tiny_sd15, shared_data):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.personamagic import apply_stage_regulated_ti
     from comfyui_face_personalization.models_loader.methods.personamagic.checkpoint import load_mapper
     from comfyui_face_personalization.models_loader.methods.wplus.adapter import load_wplus_adapter

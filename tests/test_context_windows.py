@@ -68,7 +68,7 @@ def _check(comfy, model, pos, neg, spec):
 
 @pytest.mark.parametrize("window", list(WINDOWS))
 def test_rca_per_frame_wplus_under_context_windows(comfy, sd15, window, shared_data):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.wplus.adapter import load_wplus_adapter
     from comfyui_face_personalization.models_loader.methods.wplus.attention import apply_residual_cross_attention
 
@@ -94,7 +94,7 @@ def test_adaface_tokens_under_context_windows(comfy, sd15):
 
 
 def test_personamagic_staged_tokens_under_context_windows(comfy, sd15):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.personamagic import apply_stage_regulated_ti
     from comfyui_face_personalization.models_loader.methods.personamagic.checkpoint import load_mapper
 
@@ -109,10 +109,10 @@ def test_rca_reads_core_context_window_rows(comfy, shared_data):
     import comfy.model_patcher
     from comfy.context_windows import IndexListContextWindow
 
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.wplus.adapter import load_wplus_adapter
     from comfyui_face_personalization.models_loader.methods.wplus.attention import apply_residual_cross_attention
-    from comfyui_face_personalization.models_loader.tiny.sd import build_model
+    from fixtures.tiny.sd import build_model
 
     mp = comfy.model_patcher.ModelPatcher(build_model("sd15"), load_device=torch.device("cpu"),
                                           offload_device=torch.device("cpu"))

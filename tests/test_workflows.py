@@ -53,7 +53,7 @@ def test_round_trip_matches(comfy):
 
 def test_real_models_replace_tiny_ones(comfy, comfy_home, provision, tmp_path):
     """The demo's --models: a real file in models/<folder> takes the place of that folder's tiny model."""
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from harness import provision as prov
 
     installed = prov.provision(comfy_home)  # already installed: only returns the map

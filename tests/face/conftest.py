@@ -16,7 +16,7 @@ def insightface_root(comfy, comfy_home):
 @pytest.fixture(scope="session")
 def tiny_packs(insightface_root):
     """antelopev2 (zip-style nested folder) and buffalo_l (flat) built from the tiny ONNX models."""
-    from comfyui_face_personalization.models_loader.tiny import face as tiny_face
+    from fixtures.tiny import face as tiny_face
 
     return {"antelopev2": tiny_face.make_pack(insightface_root, "antelopev2", nested=True),
             "buffalo_l": tiny_face.make_pack(insightface_root, "buffalo_l")}

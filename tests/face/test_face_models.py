@@ -81,7 +81,7 @@ def test_missing_folder_names_path_and_files(tmp_path):
                                             (b"<html>not found</html>", "does not start like an ONNX")])
 def test_corrupt_onnx_detected_before_ort(tmp_path, content, needle):
     analysis, _, _ = _mods()
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     d = tmp_path / "models" / "buffalo_l"
     d.mkdir(parents=True)
@@ -95,7 +95,7 @@ def test_corrupt_onnx_detected_before_ort(tmp_path, content, needle):
 def test_truncated_onnx_clear_error(tmp_path):
     """A truncated download passes the cheap header check; ORT's failure is reported with the folder."""
     analysis, _, _ = _mods()
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     d = tmp_path / "models" / "buffalo_l"
     d.mkdir(parents=True)
@@ -108,7 +108,7 @@ def test_truncated_onnx_clear_error(tmp_path):
 
 def test_pack_without_detector(tmp_path):
     analysis, _, _ = _mods()
-    from comfyui_face_personalization.models_loader.tiny import face as tiny_face
+    from fixtures.tiny import face as tiny_face
 
     tiny_face.make_pack(tmp_path, "buffalo_l", detection=False)
     with pytest.raises(analysis.FaceModelError, match="no face detection model"):

@@ -4,23 +4,6 @@ import os
 import shutil
 from pathlib import Path
 
-# tiny-factory kind -> models/ sub-folder (method helpers add theirs here)
-TINY_MODEL_FOLDERS = {
-    "sd15": "checkpoints",
-    "sd2": "checkpoints",
-    "sdxl": "checkpoints",
-    "controlnet_sd15": "controlnet",
-    "e4e": "e4e",
-    "wplus_adapter_sd15": "wplus",
-    "pidiff_sd15": "pidiff",
-    "personamagic_mapper": "personamagic",
-    "personamagic_mapper_st": "personamagic",
-    "clip_vision_vitb32": "clip_vision",
-    "adaface_pt": "adaface",
-    "adaface_arc2face": "adaface",
-    "adaface_safetensors": "adaface",
-}
-
 # files from shared/data -> "input" or a models/ sub-folder
 SHARED_FILES = {
     "faces/wplus_in_the_wild_1.jpg": "input",
@@ -63,12 +46,12 @@ def link(src, dst):
 def provision(home, kinds=None, shared=True):
     """Install tiny models (all registered kinds with a known folder, or ``kinds``) and shared files.
     Returns {file name: kind} for the installed tiny models."""
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     home = Path(home)
     installed = {}
     for kind in kinds or tiny.kinds():
-        folder = TINY_MODEL_FOLDERS.get(kind)
+        folder = tiny.folder(kind)
         if folder is None:
             continue
         src = tiny.ensure(kind)
@@ -76,7 +59,7 @@ def provision(home, kinds=None, shared=True):
         installed[src.name] = kind
     pack = home / "models" / "insightface" / "models" / "antelopev2"
     if kinds is None and not pack.exists():  # tiny insightface pack (a real one, if linked, wins)
-        from comfyui_face_personalization.models_loader.tiny import face as tiny_face
+        from fixtures.tiny import face as tiny_face
 
         tiny_face.make_pack(home / "models" / "insightface", "antelopev2")
     data = shared_data_dir()
@@ -113,11 +96,13 @@ def prefer_real_models(prompt, installed, real):
     """Point every input that names a tiny model at the first real file of the same folder, if any.
     ``installed``: {tiny file name: kind} from :func:`provision`; ``real``: from :func:`link_real_models`.
     Returns [(node id, tiny name, real name)] of the substitutions."""
+    from fixtures import tiny
+
     swaps = []
     for nid, node in prompt.items():
         for key, value in node.get("inputs", {}).items():
             kind = installed.get(value) if isinstance(value, str) else None
-            files = real.get(TINY_MODEL_FOLDERS.get(kind, ""), []) if kind else []
+            files = real.get(tiny.folder(kind) or "", []) if kind else []
             if files:
                 node["inputs"][key] = files[0]
                 swaps.append((nid, value, files[0]))

@@ -4,14 +4,14 @@ import pytest
 
 @pytest.fixture(scope="session")
 def pm_official_path(comfy):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     return str(tiny.ensure("personamagic_mapper"))
 
 
 @pytest.fixture(scope="session")
 def pm_st_path(comfy):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     return str(tiny.ensure("personamagic_mapper_st"))
 
@@ -27,7 +27,7 @@ def pm_bundle(pm_official_path):
 def sd15_loaded(comfy):
     """(MODEL, CLIP) of the tiny SD1.5 checkpoint, loaded once."""
     import comfy.sd
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     out = comfy.sd.load_checkpoint_guess_config(str(tiny.ensure("sd15")), output_vae=False, output_clipvision=False)
     return out[0], out[1]

@@ -26,16 +26,16 @@ def personamagic_basic(ckpt=CKPT, mapper=MAPPER, steps=4, prefix="personamagic_b
     """``clip_vision=None`` leaves the optional image bypass unconnected."""
     p = txt2img(ckpt, text=text, negative=NEGATIVE, steps=steps, cfg=8.0, sampler="dpmpp_2m",
                 scheduler="karras", prefix=prefix)
-    p["pm"] = {"class_type": "LoadPersonaMagic", "inputs": {"mapper_name": mapper}}
+    p["pm"] = {"class_type": "FP_LoadPersonaMagic", "inputs": {"mapper_name": mapper}}
     p["sti"] = {"class_type": "StageRegulatedTI", "inputs": {
         "model": ["ckpt", 0], "clip": ["ckpt", 1], "mapper": ["pm", 0], "text": text, "trigger": "<persona>",
         "class_word": "", "t_high": 800.0, "t_low": 400.0}}
     if clip_vision:
         p["ref"] = {"class_type": "LoadImage", "inputs": {"image": reference}}
-        p["clipv"] = {"class_type": "LoadCLIPVisionAnySize", "inputs": {"clip_name": clip_vision,
+        p["clipv"] = {"class_type": "FP_LoadCLIPVisionAnySize", "inputs": {"clip_name": clip_vision,
                                                                         "activation": "quick_gelu",
                                                                         "precision": "fp32"}}
-        p["clipv_enc"] = {"class_type": "PersonaMagicReferenceEncode", "inputs": {
+        p["clipv_enc"] = {"class_type": "FP_PersonaMagicReferenceEncode", "inputs": {
             "clip_vision": ["clipv", 0], "image": ["ref", 0]}}
         p["sti"]["inputs"]["clip_vision_output"] = ["clipv_enc", 0]
     del p["pos"]

@@ -18,8 +18,8 @@ def vitb32(comfy):
     import safetensors.torch
     from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
-    from comfyui_face_personalization.models_loader import tiny
-    from comfyui_face_personalization.models_loader.tiny.clip_vision import TINY_VITB32
+    from fixtures import tiny
+    from fixtures.tiny.clip_vision import TINY_VITB32
 
     sd = safetensors.torch.load_file(str(tiny.ensure("clip_vision_vitb32")))
     ref = CLIPVisionModelWithProjection(CLIPVisionConfig(**TINY_VITB32)).eval()
@@ -70,7 +70,7 @@ def _to_openai_layout(sd):
 def test_loader_matches_hf_reference(comfy, vitb32, shared_data, install_model):
     ref, _ = vitb32
     name = install_model("clip_vision_vitb32", "clip_vision")
-    node = comfy.node_classes["LoadCLIPVisionAnySize"]()
+    node = comfy.node_classes["FP_LoadCLIPVisionAnySize"]()
     assert name in node.INPUT_TYPES()["required"]["clip_name"][0]
     cv = node.load(name, "quick_gelu", "fp32")[0]
     assert cv.config["num_hidden_layers"] == 2 and cv.config["patch_size"] == 32
@@ -154,7 +154,7 @@ def _image(comfy, outputs):
 
 
 def test_graph_bypass_from_reference_photo(comfy, tiny_sd15, pm_install, install_model, input_image, shared_data):
-    """LoadImage -> LoadCLIPVisionAnySize -> CLIPVisionEncode -> StageRegulatedTI: the bypass changes the image."""
+    """LoadImage -> FP_LoadCLIPVisionAnySize -> CLIPVisionEncode -> StageRegulatedTI: the bypass changes the image."""
     mapper = pm_install("personamagic_mapper")
     cv = install_model("clip_vision_vitb32", "clip_vision")
     ref = input_image(shared_data / "faces" / "personamagic_person_1.jpg")
@@ -166,12 +166,12 @@ def test_graph_bypass_from_reference_photo(comfy, tiny_sd15, pm_install, install
 
 
 def test_reference_encode_matches_official_preprocessing(comfy, vitb32, shared_data, install_model):
-    """PersonaMagicReferenceEncode == official read_image (PIL bicubic 512) + MultiCLIP.preprocess (bicubic 224,
+    """FP_PersonaMagicReferenceEncode == official read_image (PIL bicubic 512) + MultiCLIP.preprocess (bicubic 224,
     align_corners, no antialias) + CLIP image embedding, written here with PIL + torch + the HF model."""
     import torch.nn.functional as F
 
     ref, _ = vitb32
-    cv = comfy.node_classes["LoadCLIPVisionAnySize"]().load(install_model("clip_vision_vitb32", "clip_vision"),
+    cv = comfy.node_classes["FP_LoadCLIPVisionAnySize"]().load(install_model("clip_vision_vitb32", "clip_vision"),
                                                             "quick_gelu", "fp32")[0]
     path = shared_data / "faces" / "personamagic_person_1.jpg"
     img = Image.open(path).convert("RGB").resize((512, 512), resample=Image.BICUBIC)
@@ -182,7 +182,7 @@ def test_reference_encode_matches_official_preprocessing(comfy, vitb32, shared_d
     with torch.no_grad():
         want = ref(pixel_values=x).image_embeds
     photo = _photo(shared_data)
-    node = comfy.node_classes["PersonaMagicReferenceEncode"]()
+    node = comfy.node_classes["FP_PersonaMagicReferenceEncode"]()
     got = node.encode(cv, photo)[0]["image_embeds"].float()
     assert got.shape == (1, 512)
     assert (got - want).abs().max() <= 1e-5

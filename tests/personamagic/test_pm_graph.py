@@ -1,4 +1,4 @@
-"""Real ComfyUI graphs: CheckpointLoaderSimple -> LoadPersonaMagic -> StageRegulatedTI -> KSampler -> SaveImage."""
+"""Real ComfyUI graphs: CheckpointLoaderSimple -> FP_LoadPersonaMagic -> StageRegulatedTI -> KSampler -> SaveImage."""
 import sys
 from pathlib import Path
 
@@ -31,7 +31,7 @@ def test_graph_runs_and_identity_changes_the_image(comfy, tiny_sd15, pm_install)
 
 def test_graph_safetensors_mapper_and_listing(comfy, tiny_sd15, pm_install):
     st = pm_install("personamagic_mapper_st")
-    assert st in comfy.node_classes["LoadPersonaMagic"].INPUT_TYPES()["required"]["mapper_name"][0]
+    assert st in comfy.node_classes["FP_LoadPersonaMagic"].INPUT_TYPES()["required"]["mapper_name"][0]
     outputs = comfy.run(personamagic_basic(ckpt=tiny_sd15, mapper=st, steps=2, prefix="pm_graph_st"))
     assert comfy.output_files(outputs)
 

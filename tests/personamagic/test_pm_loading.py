@@ -16,7 +16,7 @@ def _pm():
 def test_official_layout_is_pickled_and_loads_restricted(pm_official_path, pm_bundle):
     import zipfile
 
-    from comfyui_face_personalization.models_loader.tiny.personamagic import build_mapper
+    from fixtures.tiny.personamagic import build_mapper
 
     z = zipfile.ZipFile(pm_official_path)
     data = z.read(next(n for n in z.namelist() if n.endswith("data.pkl")))

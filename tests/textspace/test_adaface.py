@@ -12,7 +12,7 @@ from hf_ref import hf_text_model, hidden_states
 
 @pytest.fixture(scope="module")
 def ada(comfy, adaface_files):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
     return {lw: load.load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")), layer_weights=lw)
@@ -74,7 +74,7 @@ def _reference_forward(tok, arc, inv, gen, gsd, face, layer_weights, cfg_scale):
 
 @pytest.mark.parametrize("lw", ["official", "checkpoint"])
 def test_tokens_match_reference(ada, face_embed, lw):
-    from comfyui_face_personalization.models_loader.tiny.textspace import CKPT_LAYER_WEIGHTS
+    from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
 
     weights = torch.tensor([[1.0], [2.0], [4.0]]) if lw == "official" else torch.tensor(CKPT_LAYER_WEIGHTS)
     ref, stored = _reference_tokens(face_embed, weights)
@@ -89,7 +89,7 @@ def test_tokens_match_reference(ada, face_embed, lw):
 
 
 def test_safetensors_equals_pickled(ada, face_embed):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
     st = load.load_adaface(str(tiny.ensure("adaface_safetensors")), layer_weights="checkpoint")
@@ -142,7 +142,7 @@ def _graph(ckpt, text, extra=None, batch=1, controlnet=None, image=None, prefix=
     from harness.graphs import txt2img
 
     p = txt2img(ckpt, text=text, negative="blurry", batch=batch, prefix=prefix)
-    p["la"] = {"class_type": "LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt", "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+    p["la"] = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt", "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
     p["inv"] = {"class_type": "AdaFaceInvert", "inputs": {"clip": ["ckpt", 1], "adaface": ["la", 0], "trigger_word": "<ada>",
                                                           "id_cfg_scale": 1.0, "embeds_file": "mean_emb_keanureeves.pt"}}
     p["pos"]["inputs"]["clip"] = ["inv", 0]
@@ -182,7 +182,7 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
     import nodes
 
     model, clip, _ = load_ckpt(tiny_sd15)
-    for cls in ("AdaFaceInvert", "LoadAdaFace", "CrossInitEmbedding"):
+    for cls in ("AdaFaceInvert", "FP_LoadAdaFace", "CrossInitEmbedding"):
         spec = comfy.node_classes[cls]
         assert "MODEL" not in spec.RETURN_TYPES
         assert all(v[0] != "MODEL" for g in spec.INPUT_TYPES().values() for v in g.values())

@@ -31,7 +31,7 @@ def _base(prefix):
 
 def wplus_basic():
     p = _base("wplus_basic")
-    p["adapter"] = {"class_type": "LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
+    p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
     p["rca"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
         "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["code", 0],
         "strength": 1.0, "start_percent": 0.22, "end_percent": 1.0}}
@@ -41,8 +41,8 @@ def wplus_basic():
 
 def pidiff_basic():
     p = _base("pidiff_basic")
-    p["pidiff"] = {"class_type": "LoadPIDiff", "inputs": {"pidiff_name": PIDIFF}}
-    p["sca"] = {"class_type": "ApplyStyleCrossAttention", "inputs": {
+    p["pidiff"] = {"class_type": "FP_LoadPIDiff", "inputs": {"pidiff_name": PIDIFF}}
+    p["sca"] = {"class_type": "FP_ApplyStyleCrossAttention", "inputs": {
         "model": ["ckpt", 0], "pidiff": ["pidiff", 0], "wplus": ["code", 0],
         "strength": 0.4, "start_percent": 0.0, "end_percent": 1.0}}
     p["sample"]["inputs"]["model"] = ["sca", 0]

@@ -24,7 +24,7 @@ def wcodes(shared_data):
 def tiny_unet(comfy):
     """ModelPatcher around a tiny SD1.5 BaseModel (random weights, fp32, CPU)."""
     import comfy.model_patcher
-    from comfyui_face_personalization.models_loader.tiny.sd import build_model
+    from fixtures.tiny.sd import build_model
 
     model = build_model("sd15")
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
@@ -35,7 +35,7 @@ def diffusers_unet(tiny_unet):
     """diffusers UNet2DConditionModel with the tiny UNet's weights (converted via comfy.utils.unet_to_diffusers)."""
     import comfy.utils
     from diffusers import UNet2DConditionModel
-    from comfyui_face_personalization.models_loader.tiny.sd import UNET_CONFIGS
+    from fixtures.tiny.sd import UNET_CONFIGS
 
     cfg = UNET_CONFIGS["sd15"]
     unet = UNet2DConditionModel(
@@ -55,13 +55,13 @@ def diffusers_unet(tiny_unet):
 
 @pytest.fixture(scope="session")
 def tiny_adapter_path(comfy):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     return tiny.ensure("wplus_adapter_sd15")
 
 
 @pytest.fixture(scope="session")
 def tiny_pidiff_path(comfy):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     return tiny.ensure("pidiff_sd15")

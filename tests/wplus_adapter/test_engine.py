@@ -137,7 +137,7 @@ def test_official_table_on_full_sd15():
     from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
     from comfyui_face_personalization.models_loader.methods.wplus.adapter import official_index
     from comfyui_face_personalization.models_loader.patch_engine import cross_attention_layers
-    from comfyui_face_personalization.models_loader.tiny.sd import SD15_FULL_UNET
+    from fixtures.tiny.sd import SD15_FULL_UNET
 
     unet = UNetModel(**SD15_FULL_UNET, device="meta", operations=comfy.ops.disable_weight_init)
     layers = cross_attention_layers(unet)
@@ -166,7 +166,7 @@ def test_bad_inputs(comfy, tiny_unet, adapter, tmp_path):
     with pytest.raises(ValueError, match="not a PIDiff weights file"):
         load_pidiff(bad)
     trunc = tmp_path / "trunc.bin"
-    raw = torch.load(str(__import__("comfyui_face_personalization.models_loader.tiny", fromlist=["x"]).ensure(
+    raw = torch.load(str(__import__("fixtures.tiny", fromlist=["x"]).ensure(
         "wplus_adapter_sd15")), weights_only=True)
     raw["w_proj"]["proj_3.weight"] = raw["w_proj"]["proj_3.weight"][:, :2048]
     torch.save(raw, str(trunc))

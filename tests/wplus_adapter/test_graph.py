@@ -1,5 +1,5 @@
-"""Real ComfyUI graphs: FP_LoadWPlus + LoadWPlusAdapter -> ApplyResidualCrossAttention -> KSampler,
-and LoadPIDiff -> ApplyStyleCrossAttention; the W+ code actually changes the image."""
+"""Real ComfyUI graphs: FP_LoadWPlus + FP_LoadWPlusAdapter -> ApplyResidualCrossAttention -> KSampler,
+and FP_LoadPIDiff -> FP_ApplyStyleCrossAttention; the W+ code actually changes the image."""
 import shutil
 from pathlib import Path
 
@@ -25,7 +25,7 @@ def wplus_models(comfy, comfy_home, shared_data, tiny_sd15, install_model):
 def rca_prompt(ckpt, adapter, code, strength=1.0, start=0.0, prefix="fp_wplus"):
     p = txt2img(ckpt, steps=2, prefix=prefix)
     p["code"] = {"class_type": "FP_LoadWPlus", "inputs": {"code": code}}
-    p["adapter"] = {"class_type": "LoadWPlusAdapter", "inputs": {"adapter_name": adapter}}
+    p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": adapter}}
     p["rca"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
         "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["code", 0], "strength": strength,
         "start_percent": start, "end_percent": 1.0}}
@@ -53,8 +53,8 @@ def test_pidiff_graph(comfy, tiny_sd15, wplus_models):
     _, pidiff = wplus_models
     p = rca_prompt(tiny_sd15, "unused", "e4e_1.pth", prefix="fp_pidiff")
     del p["adapter"], p["rca"]
-    p["pidiff"] = {"class_type": "LoadPIDiff", "inputs": {"pidiff_name": pidiff}}
-    p["sca"] = {"class_type": "ApplyStyleCrossAttention", "inputs": {
+    p["pidiff"] = {"class_type": "FP_LoadPIDiff", "inputs": {"pidiff_name": pidiff}}
+    p["sca"] = {"class_type": "FP_ApplyStyleCrossAttention", "inputs": {
         "model": ["ckpt", 0], "pidiff": ["pidiff", 0], "wplus": ["code", 0], "strength": 0.4,
         "start_percent": 0.0, "end_percent": 1.0}}
     p["sample"]["inputs"]["model"] = ["sca", 0]

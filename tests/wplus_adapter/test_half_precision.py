@@ -13,7 +13,7 @@ from test_rca_oracle import _apply, _inputs
 def bf16_unet(comfy):
     import comfy.model_patcher
 
-    from comfyui_face_personalization.models_loader.tiny.sd import build_model
+    from fixtures.tiny.sd import build_model
 
     model = build_model("sd15", dtype=torch.bfloat16)
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))

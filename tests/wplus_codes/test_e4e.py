@@ -58,7 +58,7 @@ def test_checkpoint_layout_and_strict_key_coverage(e4e_ckpt, e4e_encoder):
 
 
 def test_safetensors_variant_loads_same_weights(e4e_encoder):
-    from comfyui_face_personalization.models_loader import tiny
+    from fixtures import tiny
 
     enc2 = _e4e().load_e4e(str(tiny.ensure("e4e_safetensors")))
     sd1, sd2 = e4e_encoder.net.state_dict(), enc2.net.state_dict()

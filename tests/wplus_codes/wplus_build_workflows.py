@@ -33,7 +33,7 @@ def _edit(direction, strength, title, src="code"):
 def wplus_edit_prompt(ckpt=CKPT, adapter=ADAPTER, code="e4e_1.pth"):
     return {
         "ckpt": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": ckpt}},
-        "adapter": {"class_type": "LoadWPlusAdapter", "inputs": {"adapter_name": adapter}},
+        "adapter": {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": adapter}},
         "code": {"class_type": "FP_LoadWPlus", "inputs": {"code": code, "path": ""}},
         "younger": _edit("age.pt", -3.0, "Delta-W: age -3 (InterFaceGAN, all rows)"),
         "older": _edit("age.pt", 3.0, "Delta-W: age +3 (InterFaceGAN, all rows)"),

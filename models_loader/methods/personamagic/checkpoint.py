@@ -34,7 +34,7 @@ ENCODER_CLASS = "models.positional_encoding.TimePositionalEncoding"
 
 @dataclass
 class PersonaMagicBundle:
-    """What ``LoadPersonaMagic`` returns (socket type PERSONAMAGIC_MAPPER)."""
+    """What ``FP_LoadPersonaMagic`` returns (socket type PERSONAMAGIC_MAPPER)."""
 
     mapper: PersonaMagicMapper
     target_norm: float = None  # None: use the class word's embedding norm (official default)
