@@ -83,7 +83,8 @@ def test_rca_per_frame_wplus_under_context_windows(comfy, sd15, window, shared_d
 
 
 def test_adaface_tokens_under_context_windows(comfy, sd15):
-    from comfyui_face_personalization.models_loader import clip_tokens, tiny
+    from comfyui_face_personalization.models_loader import clip_tokens
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface.load import load_adaface
 
     model, clip = sd15

@@ -134,7 +134,8 @@ def test_gelu_option_changes_the_activation(comfy, vitb32, shared_data):
 def test_bad_files_are_clear_errors(comfy, vitb32, tmp_path):
     import safetensors.torch
 
-    from comfyui_face_personalization.models_loader import clip_vision, tiny
+    from comfyui_face_personalization.models_loader import clip_vision
+    from fixtures import tiny
 
     with pytest.raises(clip_vision.ClipVisionFormatError, match="not a CLIP vision model"):
         clip_vision.load(str(tiny.ensure("sd15")))  # an SD checkpoint

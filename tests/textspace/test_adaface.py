@@ -31,7 +31,8 @@ def _reference_tokens(face, layer_weights, cfg_scale=1.0):
 
 
 def _reference_models():
-    from comfyui_face_personalization.models_loader import safe_load, tiny
+    from comfyui_face_personalization.models_loader import safe_load
+    from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface.load import ALLOWED_CLASSES, ALLOWED_PREFIXES, INERT_FUNCTIONS
     from transformers import CLIPTokenizer
     import comfy.sd1_clip
