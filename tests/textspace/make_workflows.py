@@ -16,7 +16,7 @@ from harness.graphs import txt2img  # noqa: E402
 
 CKPT = "tiny_sd15-v1.safetensors"
 ADA = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt",
-                                               "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+                                               "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "checkpoint"}}
 
 
 def _ada_invert(clip):
