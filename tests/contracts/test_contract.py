@@ -112,7 +112,7 @@ def test_every_cross_attention_key_visited(name, stack):
     seen = set()
     m = model.clone()
     m.set_model_attn2_patch(lambda n, c, v, extra: (seen.add((extra["block"][0], extra["block"][1],
-                                                              extra["transformer_index"])), (n, c, v))[1])
+                                                              extra.get("block_index", 0))), (n, c, v))[1])
     want = {l.key for l in patch_engine.cross_attention_layers(model)}
     if _kind(name) == "attention_patch":
         chains = patch_engine.installed_chains(model)

@@ -160,7 +160,11 @@ def _graph(ckpt, text, extra=None, batch=1, controlnet=None, image=None, prefix=
     from harness.graphs import txt2img
 
     p = txt2img(ckpt, text=text, negative="blurry", batch=batch, prefix=prefix)
-    p["la"] = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt", "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+    from fixtures import tiny
+
+    p["la"] = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": tiny.file_name("adaface_pt"),
+                                                         "arc2face_encoder": tiny.file_name("adaface_arc2face"),
+                                                         "layer_weights": "checkpoint"}}
     p["inv"] = {"class_type": "AdaFaceInvert", "inputs": {"clip": ["ckpt", 1], "adaface": ["la", 0], "trigger_word": "<ada>",
                                                           "id_cfg_scale": 1.0, "embeds_file": "mean_emb_keanureeves.pt"}}
     p["pos"]["inputs"]["clip"] = ["inv", 0]
