@@ -1,11 +1,19 @@
 """The pack's one attention-patch engine (cross-attention ``attn2`` *replace* slot).
 
 ComfyUI has exactly one ``attn2`` replace callable per block key. This engine keeps, per key, an
-immutable :class:`AttnChain`: an optional *base* (a foreign occupant such as IPAdapter's
-``Attn2Replace``, which we wrap instead of evicting) plus an ordered tuple of :class:`Entry`
-(method name, callback, params, sigma window, optional mask). The chain computes the base
-attention once (the foreign occupant, or core's ``optimized_attention``), then adds every active
-entry's residual, each computed from that base output (``h_text``, before ``to_out``).
+:class:`AttnChain`: an optional *base* (a foreign occupant such as IPAdapter's ``Attn2Replace``,
+which we wrap instead of evicting) plus an ordered tuple of :class:`Entry` (our methods' residuals,
+and foreign callbacks that a pack installing after us ``.add()``-ed).
+
+The rule for residual methods (W+ Adapter RCA, PIDiff SCA, any future one): a residual is always
+computed from the **plain text cross-attention** ``h_text = optimized_attention(q, k, v)`` (before
+``to_out``), never from another method's output, and is *added* to the slot's output. With no
+foreign base, ``h_text`` is also the slot's starting output. With a foreign base, the base's own
+output is kept as the starting output and ``h_text`` is computed once more per layer (only when one
+of our entries is active), so that stacking is order-independent: IPAdapter then RCA gives
+``(h_text + ip) + rca(h_text)`` and RCA then IPAdapter gives ``(h_text + rca(h_text)) + ip``, equal to
+float tolerance. This is what the official W+ Adapter processor does (its residual query is the
+text-attention output).
 
 Rules (see ``shared/reference/style.md``):
 
@@ -14,18 +22,24 @@ Rules (see ``shared/reference/style.md``):
 * keys are enumerated from the loaded UNet (:func:`cross_attention_layers`), never from tables;
 * the step window is resolved from ``transformer_options['sigmas']`` once per model call
   (memoised on the sigmas tensor object, so there is one host sync per step, not per layer);
-* an entry that is inactive (outside its window, strength 0) leaves the base output untouched:
-  the result is bit-identical to the unpatched model;
+* an entry that is inactive (outside its window, strength 0) leaves the output untouched: with no
+  active entry the result is bit-identical to the unpatched model (or to the foreign base alone);
 * ``__deepcopy__`` (ModelPatcher.clone) shares the weights, ``to()``/``models()`` forward to the
   entries' params and to the wrapped base.
 
-For compatibility with packs that install after us and call ``.add(callback, **kwargs)`` on
-whatever occupies a key (IPAdapter's ``set_model_patch_replace``), a chain also accepts ``add``
-with IPAdapter's callback convention ``callback(out, q, k, v, extra_options, **kwargs)`` and
-``sigma_start``/``sigma_end`` kwargs. Such a pack clones the MODEL first, and a clone owns a fresh
-chain object, so this never reaches a chain another MODEL uses.
+Packs that install after us call ``.add(callback, **kwargs)`` on whatever occupies a key
+(IPAdapter's ``set_model_patch_replace``, IPAdapterPlus.py:210-226). A chain honours that call the
+way IPAdapter's own ``Attn2Replace`` does (CrossAttentionPatch.py:16-34): the callback is called as
+``callback(out, q, k, v, extra_options, **kwargs)`` with the running output, when
+``sigma_end <= sigma <= sigma_start`` (sigma 999999999.9 when the call carries no sigmas), and
+whatever it returns is added with ``out + result`` semantics (a tensor of any dtype, a 0-dim or
+broadcastable tensor, or a Python scalar such as the int ``0`` IPAdapter returns for skipped
+layers; ``None`` is taken as nothing to add); the slot's output keeps the dtype of its base
+output. Such a pack clones the MODEL first, and a clone owns a fresh chain object, so this never
+reaches a chain another MODEL uses.
 """
 import copy
+import numbers
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
@@ -123,25 +137,52 @@ def sigma_window(model, start_percent, end_percent):
 # --------------------------------------------------------------------------------------------
 # chain
 # --------------------------------------------------------------------------------------------
+# sigma IPAdapter's Attn2Replace assumes when a call carries no sigmas (CrossAttentionPatch.py:26)
+NO_SIGMA = 999999999.9
+
+
 @dataclass(frozen=True, eq=False)
 class Entry:
-    """One method's residual on one key. ``callback(h_text, q, k, v, extra_options, entry)``
-    returns the residual (same shape as ``h_text``) or None for 'nothing to add'."""
+    """One residual on one key. Our methods: ``callback(h_text, q, k, v, extra_options, entry)``
+    returns the residual (same shape as ``h_text``) or None for 'nothing to add'. Foreign entries
+    (``foreign_kwargs`` set, from :meth:`AttnChain.add`) use IPAdapter's convention instead.
+    ``strength`` 0 makes the entry inactive whatever the method does."""
     method: str
     callback: Callable
     params: Any = None
     sigma_start: float = float("inf")
     sigma_end: float = 0.0
     strength: float = 1.0
-    mask: Any = None
     foreign_kwargs: dict = field(default=None)
+
+    @property
+    def foreign(self):
+        return self.foreign_kwargs is not None
 
     def active(self, sigma):
         if self.strength == 0:
             return False
         if sigma is None:
-            return True
+            if not self.foreign:
+                return True
+            sigma = NO_SIGMA
         return self.sigma_end <= sigma <= self.sigma_start
+
+
+def add_output(out, res):
+    """``out + res`` the way IPAdapter's Attn2Replace adds a callback's return (CrossAttentionPatch.py:32):
+    Python scalars and tensors of any dtype broadcast and promote; a tensor on another device is moved
+    to ``out``'s; ``None`` and an exact scalar 0 add nothing (so the output stays bit-identical)."""
+    if res is None:
+        return out
+    if torch.is_tensor(res):
+        if res.device != out.device:
+            res = res.to(out.device)
+        return out + res
+    if isinstance(res, numbers.Number):
+        return out if res == 0 else out + res
+    raise TypeError(f"an attn2 callback added to this chain returned {type(res).__name__}; "
+                    "expected a tensor, a number or None")
 
 
 def base_attention(q, k, v, extra_options):
@@ -163,16 +204,23 @@ class AttnChain:
         self.entries = tuple(entries)
 
     # ---- construction (copy-on-add) ----
+    def _copy_extras(self, new):
+        for name, value in self.__dict__.items():  # attributes a foreign .add() set
+            if name not in ("key", "base", "entries"):
+                setattr(new, name, value)
+        return new
+
     def with_entry(self, entry):
-        return AttnChain(self.key, self.base, self.entries + (entry,))
+        return self._copy_extras(AttnChain(self.key, self.base, self.entries + (entry,)))
 
     def add(self, callback, **kwargs):
-        """IPAdapter-compatible in-place add (see module docstring)."""
+        """IPAdapter-compatible in-place add (see module docstring): like ``Attn2Replace.add``
+        (CrossAttentionPatch.py:16-21) it keeps the kwargs and sets each one as an attribute."""
         entry = Entry(method=getattr(callback, "__name__", "foreign"), callback=callback,
                       sigma_start=float(kwargs.get("sigma_start", float("inf"))),
                       sigma_end=float(kwargs.get("sigma_end", 0.0)), foreign_kwargs=dict(kwargs))
         self.entries = self.entries + (entry,)
-        for name, value in kwargs.items():  # IPAdapter reads some of them back as attributes
+        for name, value in kwargs.items():
             if not hasattr(type(self), name) and name not in ("key", "base", "entries"):
                 setattr(self, name, value)
 
@@ -184,10 +232,7 @@ class AttnChain:
         # weights and callbacks are shared; a foreign base is copied through the same memo so a
         # clone keeps pointing at the same object as the clone's own dict entry for it.
         base = copy.deepcopy(self.base, memo) if self.base is not None else None
-        new = AttnChain(self.key, base, self.entries)
-        for name, value in self.__dict__.items():
-            if name not in ("key", "base", "entries"):
-                setattr(new, name, value)
+        new = self._copy_extras(AttnChain(self.key, base, self.entries))
         memo[id(self)] = new
         return new
 
@@ -213,7 +258,10 @@ class AttnChain:
 
     # ---- forward ----
     def __call__(self, q, k, v, extra_options):
-        out = self.base(q, k, v, extra_options) if self.base is not None else base_attention(q, k, v, extra_options)
+        if self.base is None:
+            out = h_text = base_attention(q, k, v, extra_options)
+        else:
+            out, h_text = self.base(q, k, v, extra_options), None
         if not self.entries:
             return out
         sigma = current_sigma(extra_options)
@@ -221,13 +269,14 @@ class AttnChain:
         for e in self.entries:
             if not e.active(sigma):
                 continue
-            if e.foreign_kwargs is not None:
-                res = e.callback(out, q, k, v, extra_options, **e.foreign_kwargs)
-            else:
-                res = e.callback(out, q, k, v, extra_options, e)
-            if res is not None:
-                result = result + res.to(result.dtype)
-        return result
+            if e.foreign:  # IPAdapter's convention: the running output, its own kwargs
+                res = e.callback(result, q, k, v, extra_options, **e.foreign_kwargs)
+            else:  # our residuals always query the plain text attention (module docstring)
+                if h_text is None:
+                    h_text = base_attention(q, k, v, extra_options)
+                res = e.callback(h_text, q, k, v, extra_options, e)
+            result = add_output(result, res)
+        return result if result.dtype == out.dtype else result.to(out.dtype)
 
 
 # --------------------------------------------------------------------------------------------
@@ -293,12 +342,19 @@ def chunk_layout(batch, extra_options):
 
 
 def frame_indices(extra_options):
-    """Indices into the full frame batch of the frames this call sees, or None for the whole batch:
-    AnimateDiff-Evolved's context windows set ``sub_idxs``; core ComfyUI's context windows
-    (``ContextWindowsManual``) set ``context_window`` (an index list over ``dim``; dim 0 = batch)."""
-    sub = extra_options.get("sub_idxs")
-    if sub is not None:
-        return list(sub)
+    """Indices into the full frame batch of the frames this call sees, or None for the whole batch.
+
+    * AnimateDiff-Evolved publishes ``transformer_options["ad_params"] = {"full_length",
+      "context_length", "sub_idxs"}`` on every model call (ADE animatediff/sampling.py:176-184, 620)
+      and sets ``sub_idxs`` to the window's frame list for each context window (:903); outside
+      sliding-context sampling ``sub_idxs`` is None. Windows of the looped/strided schedules wrap
+      around or skip frames (ADE animatediff/context.py:244-261), so the list is used as given.
+    * Core ComfyUI's context windows (``ContextWindowsManual``) set ``context_window`` (an
+      ``IndexListContextWindow``: an index list over ``dim``; dim 0 = the batch).
+    """
+    ad = extra_options.get("ad_params")
+    if isinstance(ad, dict) and ad.get("sub_idxs") is not None:
+        return [int(i) for i in ad["sub_idxs"]]
     window = extra_options.get("context_window")
     if window is not None and getattr(window, "dim", 0) == 0 and getattr(window, "index_list", None) is not None:
         return list(window.index_list)

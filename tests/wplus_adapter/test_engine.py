@@ -6,11 +6,13 @@ import pytest
 import torch
 
 from harness.unet import comfy_eps
-from test_rca_oracle import _apply, _inputs
+from test_rca_oracle import _apply, _inputs, _mh, _unmh, ref_w_proj
 
 
 class ForeignAttn2Replace:
-    """Mimics IPAdapter's CrossAttentionPatch.Attn2Replace (callback list, .add, own base attention)."""
+    """IPAdapter's Attn2Replace reduced to what these tests need (cubiq/ComfyUI_IPAdapter_plus
+    CrossAttentionPatch.py:7-34: callback list, .add, own plain attention, ``out + callback(out, ...)``;
+    no sigma window here: tests/composition/peers.py has the full stand-in)."""
 
     def __init__(self, callback=None, **kwargs):
         self.callback = [callback]
@@ -66,20 +68,39 @@ def _eps(m, seed=7):
     return comfy_eps(m, x, t, ctx, [1, 0])
 
 
-def test_chaining_either_order(tiny_unet, adapter, wcodes):
-    w = wcodes[0]
-    base = _eps(tiny_unet)
-    rca = _eps(_apply(tiny_unet, adapter, w, 1.0))
-    foreign = _eps(install_foreign(tiny_unet, 0.3))
-    a = _eps(_apply(install_foreign(tiny_unet, 0.3), adapter, w, 1.0))   # foreign first: wrapped as base
-    b = _eps(install_foreign(_apply(tiny_unet, adapter, w, 1.0), 0.3))   # ours first: foreign .add()s onto us
-    for both in (a, b):
-        assert not torch.allclose(both, rca, atol=1e-4) and not torch.allclose(both, foreign, atol=1e-4)
-        assert not torch.allclose(both, base, atol=1e-4)
-    # both orders compute the same thing: RCA query = base output incl. the foreign residual in (a);
-    # in (b) the foreign residual is added by our chain after RCA from pure h_text -> close but not identical,
-    # so check each patch's own contribution survives: removing either one changes the result.
-    assert (a - foreign).abs().max() > 1e-3 and (b - rca).abs().max() > 1e-3
+def _sdpa(q, k, v, heads):
+    return _unmh(torch.nn.functional.scaled_dot_product_attention(_mh(q, heads), _mh(k, heads), _mh(v, heads)))
+
+
+def test_chaining_either_order(tiny_unet, adapter, tiny_adapter_path, wcodes):
+    """Foreign first (wrapped as base) and ours first (the foreign pack .add()s onto our chain) both give,
+    per layer, plain + foreign + RCA(plain): checked against that explicit sum; the two orders agree."""
+    from comfyui_face_personalization.models_loader.patch_engine import cross_attention_layers
+
+    raw = torch.load(str(tiny_adapter_path), weights_only=True, map_location="cpu")
+    w, lam, fw, cou = wcodes[0], 0.9, 0.3, [1, 0]
+    foreign_first = _apply(install_foreign(tiny_unet, fw), adapter, w, lam)
+    ours_first = install_foreign(_apply(tiny_unet, adapter, w, lam), fw)
+    e_c, e_u = ref_w_proj(raw["w_proj"], w), ref_w_proj(raw["w_proj"], torch.zeros_like(w))
+    e = torch.cat([e_u if c == 1 else e_c for c in cou])
+    g = torch.Generator().manual_seed(3)
+    for n, layer in enumerate(cross_attention_layers(tiny_unet)):
+        q = torch.randn(2, 16, layer.inner_dim, generator=g)
+        k, v = torch.randn(2, 77, layer.inner_dim, generator=g), torch.randn(2, 77, layer.inner_dim, generator=g)
+        eo = {"n_heads": layer.heads, "attn_precision": None, "cond_or_uncond": cou, "block": layer.block,
+              "sigmas": torch.ones(2)}
+        a = raw["wplus_adapter"]
+        wq, wk, wv = (a[f"{2 * n + 1}.to_{p}_wplus.weight"].float() for p in "qkv")
+        plain = _sdpa(q, k, v, layer.heads)
+        rca = lam * _sdpa(plain @ wq.T, e @ wk.T, e @ wv.T, layer.heads)
+        want = plain + fw * torch.tanh(q) + rca
+        for model in (foreign_first, ours_first):
+            chain = model.model_options["transformer_options"]["patches_replace"]["attn2"][tuple(layer.block)]
+            got = chain(q, k, v, eo)
+            assert (got - want).abs().max() <= 1e-5 * want.abs().max(), layer.block
+        assert rca.abs().max() > 1e-2 * want.abs().max() and fw * torch.tanh(q).abs().max() > 1e-2
+    x_a, x_b = _eps(foreign_first), _eps(ours_first)
+    assert (x_a - x_b).abs().max() <= 1e-5 * x_a.abs().max()
 
 
 def test_two_identities_stack(tiny_unet, adapter, wcodes):

@@ -188,10 +188,39 @@ def test_strength_zero_and_outside_window_bit_identical(tiny_unet, adapter, wcod
 
 
 def test_animatediff_sub_idxs_pick_wplus_rows(tiny_unet, adapter, wcodes):
-    """With a context window (sub_idxs), frames get their own W+ rows."""
+    """A context window of AnimateDiff-Evolved (frame indices at transformer_options["ad_params"]["sub_idxs"],
+    ADE animatediff/sampling.py:176-184, 903) gives its frames their own W+ rows."""
     w = torch.cat(wcodes[:4])  # 4 'frames'
     patched = _apply(tiny_unet, adapter, w, 1.0)
     x, t, ctx = _inputs(b=2, seed=4)
-    win = comfy_eps(patched, x, t, ctx, [0, 1], sub_idxs=[1, 3])
+    ad = {"full_length": 4, "context_length": 2, "sub_idxs": [1, 3]}
+    win = comfy_eps(patched, x, t, ctx, [0, 1], ad_params=ad)
     direct = _apply(tiny_unet, adapter, torch.cat([wcodes[1], wcodes[3]]), 1.0)
     assert torch.allclose(win, comfy_eps(direct, x, t, ctx, [0, 1]), atol=1e-5)
+    # the rows really differ: frames [0, 2] would give another output
+    other = _apply(tiny_unet, adapter, torch.cat([wcodes[0], wcodes[2]]), 1.0)
+    assert not torch.allclose(win, comfy_eps(other, x, t, ctx, [0, 1]), atol=1e-3)
+
+
+def test_rca_per_image_masks_match_oracle(tiny_unet, diffusers_unet, raw_adapter, adapter, wcodes):
+    """One region mask per image (two different masks, two identities) == the diffusers oracle; the masks
+    swapped between the images would not be."""
+    w = torch.cat([wcodes[1], wcodes[2]])
+    lam = 1.1
+    x, t, ctx = _inputs(b=2, hw=16, seed=6)
+    mask = torch.zeros(2, 64, 64)
+    mask[0, :, :24] = 1.0
+    mask[1, 30:, 20:] = 1.0
+    mask[1, :10, :] = 0.5
+    order = [1, 0]
+    got = comfy_eps(_apply(tiny_unet, adapter, w, lam, mask=mask), x, t, ctx, order)
+    e_c = ref_w_proj(raw_adapter["w_proj"], w)
+    e_u = ref_w_proj(raw_adapter["w_proj"], torch.zeros_like(w[:1])).expand(2, -1, -1)
+    with torch.no_grad():
+        set_ref_processors(diffusers_unet, raw_adapter, torch.cat([e_u, e_c]), lam, mask=mask, latent_hw=(16, 16))
+        ref = diffusers_unet(x, t, encoder_hidden_states=ctx).sample
+        set_ref_processors(diffusers_unet, raw_adapter, torch.cat([e_u, e_c]), lam, mask=mask.flip(0),
+                           latent_hw=(16, 16))
+        swapped = diffusers_unet(x, t, encoder_hidden_states=ctx).sample
+    assert (got - ref).abs().max().item() <= TOL
+    assert (got - swapped).abs().max().item() > 100 * TOL
