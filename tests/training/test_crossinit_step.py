@@ -52,7 +52,7 @@ def _hf_text(clip, kind):
 
 def _ref_ids(clip, kind, texts):
     """Official tokenization: HF tokenizer + added placeholder tokens, padded to 77 with the official pad id."""
-    from comfyui_face_personalization.models_loader.clip_tokens import _sub_tokenizers
+    from comfyui_face_personalization.models_loader.textspace.trigger import sub_tokenizers as _sub_tokenizers
 
     hf_tok = copy.deepcopy(_sub_tokenizers(clip.tokenizer)[0][1].tokenizer)
     n0 = len(hf_tok)
@@ -222,7 +222,7 @@ def test_crossinit_step_matches_reference(base_models, face_photos, kind):
 @pytest.mark.parametrize("kind", ["sd15", "sd2", "sdxl"])
 def test_text_forward_equals_comfyui_encoding(base_models, kind):
     """The out-of-place forward with inline tokens equals ComfyUI's own encode_from_tokens."""
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader.textspace import trigger as clip_tokens
 
     _, _, text_forward = _mods()
     base = base_models(kind)
