@@ -6,7 +6,7 @@ A runner thread starts the next queued job as ``python <pack>/train.py --job DIR
 ``PromptServer.instance.send_sync("fp-training-progress" | "fp-training-status", ...)`` and, when
 "pause while generating" is on, sets the job's pause flag while ComfyUI executes a prompt (except a
 prompt that waits for a job in FP_TrainingResult). Cancel sets the job's cancel flag (the worker saves a
-checkpoint and exits ``cancelled``); SIGTERM after 30 s, SIGKILL after 60 s as fallbacks. On server start,
+checkpoint and exits ``cancelled``); SIGTERM after 120 s, SIGKILL after 240 s as fallbacks. On server start,
 jobs left queued/running are marked ``resumable``; resume re-queues a job, which continues from its last
 checkpoint.
 """
@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 PACK_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ENTRYPOINT = os.path.join(PACK_DIR, "train.py")
 ACTIVE = ("running", "paused", "cancelling")
-CANCEL_TERM_S, CANCEL_KILL_S = 30.0, 60.0
+CANCEL_TERM_S, CANCEL_KILL_S = 120.0, 240.0
 
 
 class JobError(ValueError):
