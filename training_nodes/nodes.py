@@ -40,10 +40,11 @@ def detect_family(path):
         prefix = comfy.model_detection.unet_prefix_from_state_dict(sd)
         cfg = comfy.model_detection.model_config_from_unet(sd, prefix)
     except Exception as exc:
-        raise ValueError(f"could not read the base model {os.path.basename(path)}: {exc}") from exc
+        raise ValueError(f"could not detect the model family of {os.path.basename(path)} ({type(exc).__name__}: {exc}); "
+                         "Cross Initialization training needs an SD1.x, SD2.x or SDXL checkpoint") from exc
     if cfg is None:
         raise ValueError(f"the base model {os.path.basename(path)} is not a Stable Diffusion checkpoint ComfyUI "
-                         "recognises; Cross Initialization training needs SD1.x, SD2.x or SDXL")
+                         "recognises; Cross Initialization training needs SD1.x, SD2.x or SDXL checkpoints")
     return cfg
 
 
