@@ -91,6 +91,7 @@ class JobManager:
         self.waiters = {}                # job id -> number of FP_TrainingResult nodes waiting
         self.pause_while_generating = {}  # job id -> bool
         self._cancel_at = {}
+        self._resume_after_exit = set()
         self._wake = threading.Event()
         self._mark_interrupted()
         self._thread = threading.Thread(target=self._run, name="fp-training-jobs", daemon=True)
@@ -170,7 +171,8 @@ class JobManager:
         d = self.job_dir(job_id)
         with self.lock:
             st = jobfiles.read_status(d).get("status")
-            if job_id in self.queue or (self.current and self.current[0] == job_id):
+            stopping = self._is_current(job_id) and st in jobfiles.FINAL + ("resumable",)
+            if job_id in self.queue or (self._is_current(job_id) and not stopping):
                 raise JobError(f"job {job_id} is already {st}", 409)
             if st == "done":
                 raise JobError(f"job {job_id} is done; nothing to resume", 409)
@@ -178,7 +180,10 @@ class JobManager:
             jobfiles.write_status(d, status="queued", error=None, message="resumed: continues from its last checkpoint")
             if pause_while_generating is not None:
                 self.pause_while_generating[job_id] = bool(pause_while_generating)
-            self.queue.append(job_id)
+            if stopping:  # its worker is still exiting: the runner queues it when the process is gone
+                self._resume_after_exit.add(job_id)
+            else:
+                self.queue.append(job_id)
         self._wake.set()
         _send("fp-training-status", {"job_id": job_id, "status": "queued"})
         return self.summary(job_id)
@@ -308,6 +313,13 @@ class JobManager:
                     _send("fp-training-status", {"job_id": job_id, "status": key[0]})
                 _send("fp-training-progress", _progress(job_id, st))
                 last = key
+        with self.lock:
+            if job_id in self._resume_after_exit:
+                self._resume_after_exit.discard(job_id)
+                self._cancel_at.pop(job_id, None)
+                self.queue.append(job_id)
+                self._wake.set()
+                return
         st = jobfiles.read_status(d)
         if st.get("status") not in jobfiles.FINAL + ("resumable",):
             if jobfiles.flag(d, jobfiles.CANCEL_FLAG):

@@ -58,11 +58,11 @@ def _job_id(entry):
     return entry["outputs"]["train"]["text"][0].split()[2]
 
 
-def _wait_status(server, job_id, statuses, timeout=900):
+def _wait_status(server, job_id, statuses, timeout=900, min_step=0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = server.get_json(f"/fp/training/jobs/{job_id}")
-        if job["status"] in statuses:
+        if job["status"] in statuses and (job.get("step") or 0) >= min_step:
             return job
         time.sleep(0.5)
     raise AssertionError(f"job {job_id} stayed {job['status']} (wanted {statuses}): {job.get('log_tail')}")
@@ -70,7 +70,7 @@ def _wait_status(server, job_id, statuses, timeout=900):
 
 def test_train_cancel_resume_and_generate_while_training(server, tiny_sd15, photo_dir):
     job_id = _job_id(_submit(server, _train_prompt(tiny_sd15, "ci_server", photo_dir, steps=200)))
-    _wait_status(server, job_id, ("running",))
+    _wait_status(server, job_id, ("running",), min_step=1)  # the worker is stepping
     # a prompt queued during training finishes while the job still runs
     server.run(txt2img(tiny_sd15, prefix="during_training"), timeout=600)
     job = server.get_json(f"/fp/training/jobs/{job_id}")
