@@ -18,7 +18,7 @@ def server(tmp_path_factory, tiny_sd15, comfy_home, monkeypatch_module):
     shutil.copytree(comfy_home / "models" / "checkpoints", home / "models" / "checkpoints", symlinks=True, dirs_exist_ok=True)
     monkeypatch_module.setenv("FP_TRAIN_FAIL_AT_STEP", "2")
     monkeypatch_module.setenv("FP_TRAIN_FAIL_NAME", "inject_fail")
-    with ComfyServer(home, python=sys.executable) as srv:
+    with ComfyServer(home, python=sys.executable, startup_timeout=900) as srv:
         yield srv
 
 
