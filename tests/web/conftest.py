@@ -33,15 +33,15 @@ def web_home(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def web_server(chromium, web_home):
-    """The real ComfyUI server the pages talk to (started once; home has the tiny SD1.5 checkpoint)."""
+    """The real ComfyUI server the pages talk to (started once; its home has every tiny model and the
+    shared photos the shipped workflows use)."""
     from fixtures import tiny
 
-    from harness.provision import link
+    from harness.provision import provision
 
-    src = tiny.ensure("sd15")
-    link(src, web_home / "models" / "checkpoints" / src.name)
+    provision(web_home)
     with ComfyServer(web_home, python=sys.executable) as srv:
-        srv.tiny_sd15 = src.name
+        srv.tiny_sd15 = tiny.file_name("sd15")
         srv.post_json("/settings/Comfy.TutorialCompleted", True)  # no templates dialog over the page
         yield srv
 

@@ -11,7 +11,7 @@ from web_helpers import open_training_tab, pack_errors
 @pytest.fixture
 def panel(new_page):
     """(page, panel locator, fake engine, Page) with the default jobs, Training tab open."""
-    p = new_page(viewport={"width": 1400, "height": 1000})
+    p = new_page(viewport={"width": 1400, "height": 1700})  # tall: the whole panel fits in its screenshots
     engine = FakeEngine().install(p.page)
     page = p.open()
     return page, open_training_tab(page), engine, p
@@ -44,7 +44,7 @@ def test_lists_every_job_with_method_name_base_status_and_progress(panel, shots)
     page.wait_for_function("document.querySelector('.fp-train-loss-chart').dataset.points === '30'")
     page.wait_for_function("document.querySelectorAll('.fp-train-preview img').length === 3 && "
                            "[...document.querySelectorAll('.fp-train-preview img')].every(i => i.complete && i.naturalWidth > 0)")
-    shots(page.locator(".p-sidebar, .side-bar-panel, .fp-train-panel").last, "training_panel_running")
+    shots(loc, "training_panel_running")
     assert not pack_errors(p.console), pack_errors(p.console)
 
 
@@ -52,8 +52,8 @@ def test_progress_messages_grow_the_loss_plot_and_move_the_bar(panel, shots):
     page, loc, engine, p = panel
     select(loc, "job-run")
     page.wait_for_function("document.querySelector('.fp-train-loss-chart').dataset.points === '30'")
-    for step in range(31, 46):
-        engine.progress(page, "job-run", step)
+    for step in range(31, 46):  # odd steps in the engine draft's shape ({job_id, preview: url}): both are read
+        engine.progress(page, "job-run", step, draft_shape=step % 2 == 1)
     page.wait_for_function("document.querySelector('.fp-train-loss-chart').dataset.points === '45'")
     assert loc.locator(".fp-train-job[data-job-id='job-run'] .fp-train-progress").get_attribute("aria-valuenow") == "45"
     assert "step 45 / 100" in loc.locator(".fp-train-detail").inner_text()

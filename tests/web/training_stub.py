@@ -108,7 +108,7 @@ class FakeEngine:
         return route.fulfill(json=job)
 
     # what the engine's PromptServer.send_sync would deliver
-    def progress(self, page, job_id, step):
+    def progress(self, page, job_id, step, draft_shape=False):
         job = self.jobs[job_id]
         job["step"], job["loss"] = step, loss_at(step)
         job["loss_history"].append({"step": step, "loss": loss_at(step), "lr": job["lr"], "t": step * 0.8})
@@ -118,6 +118,8 @@ class FakeEngine:
                                     "url": f"/fp/training/jobs/{job_id}/files/preview_{step:05d}.png"})
             job["id_scores"].append({"step": step, "score": 0.1 + 0.5 * (1 - math.exp(-step / 40))})
             msg["preview_url"] = job["previews"][-1]["url"]
+        if draft_shape:  # training_nodes/jobs.py _progress (first draft): job_id, preview = url
+            msg = dict(msg, job_id=msg.pop("id"), preview=msg.pop("preview_url"))
         dispatch(page, "fp-training-progress", msg)
 
     def status(self, page, job_id, status, error=None):

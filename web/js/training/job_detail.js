@@ -60,6 +60,7 @@ export class JobDetail {
       error: h("div", { class: "fp-train-error", role: "alert" }),
       actions: h("div", { class: "fp-train-actions" }),
       lossBox: h("div", { class: "fp-train-chart fp-train-loss-chart" }),
+      lossEmpty: h("div", { class: "fp-train-chart-empty" }, "no loss logged yet"),
       scoreBox: h("div", { class: "fp-train-chart fp-train-score-chart" }),
       scoreEmpty: h("div", { class: "fp-train-chart-empty" }, "no identity score yet"),
       previews: h("div", { class: "fp-train-previews" }),
@@ -75,7 +76,7 @@ export class JobDetail {
     replaceChildren(this.el,
       this.parts.head, this.parts.error, this.parts.actions,
       h("div", { class: "fp-train-charts" },
-        h("div", { class: "fp-train-chart-cell" }, h("div", { class: "fp-train-chart-title" }, h("span", {}, "Loss ", legend("raw", RAW), legend("smoothed", SMOOTH)), logToggle), this.parts.lossBox),
+        h("div", { class: "fp-train-chart-cell" }, h("div", { class: "fp-train-chart-title" }, h("span", {}, "Loss ", legend("raw", RAW), legend("smoothed", SMOOTH)), logToggle), this.parts.lossBox, this.parts.lossEmpty),
         h("div", { class: "fp-train-chart-cell" }, h("div", { class: "fp-train-chart-title" }, h("span", {}, "Identity score ", legend("ArcFace cosine", SCORE))),
           this.parts.scoreBox, this.parts.scoreEmpty)),
       h("div", { class: "fp-train-section-title" }, "Latest previews"), this.parts.previews,
@@ -151,6 +152,8 @@ export class JobDetail {
     const history = job.loss_history ?? [];
     const steps = history.map((r) => r.step);
     const raw = history.map((r) => (r.loss == null ? null : Number(r.loss)));
+    this.parts.lossEmpty.hidden = history.length > 0;
+    this.parts.lossBox.hidden = history.length === 0;
     this.lossChart.update(steps, [raw, smooth(raw, setting(SMOOTHING_SETTING, 0.8))], { log: this.log });
     const scores = job.id_scores ?? [];
     this.parts.scoreEmpty.hidden = scores.length > 0;
@@ -184,7 +187,7 @@ export class JobDetail {
         h("span", { class: "fp-train-checkpoints" }, checkpoints.length ? checkpoints.map(describe).join(", ") : "none")),
       h("div", { class: "fp-train-kv" }, h("span", {}, "Outputs"),
         h("span", { class: "fp-train-outputs" }, outputs.length ? outputs.map(outputName).join(", ") : "none yet")),
-      h("div", { class: "fp-train-kv" }, h("span", {}, "Created"), h("span", {}, when(job.created))),
+      h("div", { class: "fp-train-kv" }, h("span", {}, "Created"), h("span", {}, when(job.created ?? job.submitted))),
       h("div", { class: "fp-train-kv" }, h("span", {}, "Job id"), h("span", { class: "fp-train-mono" }, job.id)));
   }
 }

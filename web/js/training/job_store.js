@@ -8,6 +8,18 @@ import { ACTIVE } from "./format.js";
 const POLL_MS = 4000;          // safety net while something runs (a missed message, a server restart)
 const DETAIL_MIN_GAP_MS = 1500; // refetch the selected job's history at most this often
 
+// Messages as the contract names them: {id, ...}; also accepted: {job_id} and "preview" holding the url
+// (what the engine's first draft sends).
+export function normalizeMessage(msg) {
+  if (!msg || typeof msg !== "object") return null;
+  const out = { ...msg, id: msg.id ?? msg.job_id };
+  delete out.job_id;
+  if (!out.preview_url && typeof msg.preview === "string" && msg.preview.includes("/")) out.preview_url = msg.preview;
+  delete out.preview;
+  for (const key of Object.keys(out)) if (out[key] === undefined) delete out[key];
+  return out.id == null ? null : out;
+}
+
 // Newest first: "created" is epoch seconds (the engine's status.json) or an ISO string.
 function compareCreated(a, b) {
   const x = Number(a), y = Number(b);
@@ -50,7 +62,7 @@ class JobStore {
   detachViewer() { this._viewers = Math.max(0, this._viewers - 1); }
 
   list() {
-    return [...this.jobs.values()].sort((a, b) => compareCreated(b.created, a.created) || String(b.id).localeCompare(String(a.id)));
+    return [...this.jobs.values()].sort((a, b) => compareCreated(b.created ?? b.submitted, a.created ?? a.submitted) || String(b.id).localeCompare(String(a.id)));
   }
 
   job(id) { return this.details.get(id) ?? this.jobs.get(id) ?? null; }
@@ -91,8 +103,9 @@ class JobStore {
     this._emit();
   }
 
-  applyProgress(msg) {
-    if (!msg?.id) return;
+  applyProgress(raw) {
+    const msg = normalizeMessage(raw);
+    if (!msg) return;
     const known = this.jobs.has(msg.id);
     this._merge(msg);
     const detail = this.details.get(msg.id);
@@ -102,7 +115,11 @@ class JobStore {
       if (msg.loss != null && msg.step != null && (!last || msg.step > last.step)) {
         history.push({ step: msg.step, loss: msg.loss, lr: msg.lr, t: msg.updated });
       }
-      const url = msg.preview_url ?? msg.preview?.url;
+      const scores = detail.id_scores ?? (detail.id_scores = []);
+      if (msg.id_score != null && msg.step != null && !scores.some((r) => r.step === msg.step)) {
+        scores.push({ step: msg.step, score: msg.id_score });
+      }
+      const url = msg.preview_url;
       if (url && !(detail.previews ?? []).some((p) => p.url === url)) {
         (detail.previews ?? (detail.previews = [])).push({ step: msg.step, url, file: url.split("/").pop() });
       }
@@ -112,9 +129,11 @@ class JobStore {
     this._emit();
   }
 
-  applyStatus(msg) {
-    if (!msg?.id) return;
-    this._merge({ id: msg.id, status: msg.status, error: msg.error ?? null });
+  applyStatus(raw) {
+    const msg = normalizeMessage(raw);
+    if (!msg) return;
+    if (msg.status === "deleted") { this._forget(msg.id); this._emit(); return; }
+    this._merge({ id: msg.id, status: msg.status, ...(msg.error !== undefined ? { error: msg.error } : {}) });
     // A finished, cancelled or failed job has a final history, checkpoints and outputs: fetch them now.
     if (!this.jobs.has(msg.id) || msg.id === this.selected || !ACTIVE.has(msg.status)) this.refresh();
     this._emit();
@@ -124,16 +143,20 @@ class JobStore {
   async resume(id) { await client.resumeJob(id); await this.refresh(); }
   async remove(id) {
     await client.deleteJob(id);
+    this._forget(id);
+    await this.refresh();
+  }
+
+  _forget(id) {
     this.jobs.delete(id);
     this.details.delete(id);
     if (this.selected === id) this.selected = null;
-    await this.refresh();
   }
 
   _merge(update) {
     const before = this.jobs.get(update.id);
     const summary = { ...(before ?? {}), ...update };
-    for (const heavy of ["config", "loss_history", "id_scores", "previews", "log_tail", "checkpoints"]) delete summary[heavy];
+    for (const heavy of ["config", "loss_history", "id_scores", "previews", "log_tail", "checkpoints", "job_dir"]) delete summary[heavy];
     this.jobs.set(update.id, summary);
     const detail = this.details.get(update.id);
     if (detail && detail !== update) Object.assign(detail, summary);
