@@ -2,7 +2,7 @@
 import os
 
 from ._common import category
-from ..models_loader import clip_tokens, paths
+from ..models_loader import clip_tokens, files, paths
 from ..models_loader.methods.crossinit import core
 
 IDENTITY = "IDENTITY_EMBEDDING"
@@ -46,13 +46,15 @@ class CrossInitEmbedding:
                 "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
             },
             "optional": {
-                "names_file": ("STRING", {"default": "", "tooltip": "Optional path to your own names list (one "
-                                          "'First Last' per line). Empty: the official wiki_names_v2.txt shipped with the pack."}),
+                "names_file": ("STRING", {"default": "", "tooltip": "Optional names list (one 'First Last' per line): "
+                                          "a file name in ComfyUI's input folder, or a path inside ComfyUI's folders. "
+                                          "Empty: the official wiki_names_v2.txt shipped with the pack."}),
             },
         }
 
     def execute(self, clip, trigger_word, names_file=""):
-        names = core.load_names(names_file.strip() or None)
+        names_file = files.confined_read_path(names_file, what="names_file") if names_file.strip() else None
+        names = core.load_names(names_file)
         vectors = core.cross_init_vectors(clip, names)
         identity = core.make_identity(trigger_word.strip(), vectors, "crossinit")
         return (clip_tokens.apply_trigger(clip, trigger_word, vectors, what="cross-init embedding"), identity)
@@ -123,20 +125,16 @@ class FP_SaveIdentityEmbedding:
                 "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to save."}),
                 "name": ("STRING", {"default": "my_face", "tooltip": "File name (without extension) in models/embeddings; "
                                     "use it in prompts as embedding:<name>."}),
-                "overwrite": ("BOOLEAN", {"default": True, "tooltip": "Replace an existing file of that name."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
+                                          "otherwise a numbered name (_00001, ...) is used."}),
             },
         }
 
-    def execute(self, identity_embedding, name, overwrite=True):
-        name = name.strip()
-        if not name or os.path.basename(name) != name or name.startswith("."):
-            raise ValueError(f"invalid embedding name {name!r}: use a plain file name without folders")
-        path = os.path.join(paths.model_dir("embeddings"), name + ".safetensors")
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; enable overwrite or choose another name")
-        core.save_identity_file(identity_embedding, path)
-        msg = f"saved {path}; use it in a prompt as embedding:{name}"
-        return {"ui": {"text": [msg]}, "result": (path,)}
+    def execute(self, identity_embedding, name, overwrite=False):
+        path = files.write_file("embeddings", name, lambda p: core.save_identity_file(identity_embedding, p),
+                                overwrite, ext=".safetensors", what="Save Identity Embedding")
+        stem = os.path.relpath(path, files.target_dir("embeddings"))[:-len(".safetensors")].replace(os.sep, "/")
+        return files.saved(path, f"use it in a prompt as embedding:{stem}")
 
 
 NODE_CLASS_MAPPINGS = {
