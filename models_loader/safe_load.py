@@ -89,7 +89,7 @@ def _torch_reason(exc):
     text = str(exc)
     if "WeightsUnpickler error:" in text:
         text = text.split("WeightsUnpickler error:", 1)[1]
-    text = text.strip().split("\n")[0]
+    text = text.strip().split("\n")[0].replace(" or types allowlisted via `add_safe_globals`", "")
     for cut in (" Please use `torch.serialization", " Re-running", " was not an allowed global by default"):
         if cut in text:
             text = text.split(cut)[0] + (" is not on this loader's allowlist" if "allowed global" in cut else "")
@@ -161,6 +161,8 @@ def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(),
 
         try:
             found = _globals_in(path, kind)
+        except pickle.UnpicklingError as exc:
+            raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
         except Exception as exc:
             raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({exc}). {LOADABLE}") from None
         known = set(wu._get_allowed_globals())
@@ -197,7 +199,7 @@ def module_state_dict(obj, prefix=""):
         if depth > MAX_TREE_DEPTH or visits > MAX_TREE_NODES:
             what = (f"nests modules deeper than {MAX_TREE_DEPTH} (or loops back on itself)" if depth > MAX_TREE_DEPTH
                     else f"holds more than {MAX_TREE_NODES} modules")
-            raise UnsafeCheckpointError(f"refused for safety: the pickled module tree {what} at '{pre or '<root>'}'")
+            raise UnsafeCheckpointError(f"refused for safety: the pickled module tree {what} at '{(pre or '<root>')[:80]}'")
         state = node.state if isinstance(node.state, dict) else {}
         for kind in ("_parameters", "_buffers"):
             tensors = state.get(kind)
