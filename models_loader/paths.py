@@ -51,9 +51,11 @@ def resolve(name: str, filename: str) -> str:
     """Full path of ``filename`` in folder ``name``; a clear error naming where we looked."""
     import folder_paths
 
+    from . import files
+
     register_model_folders()
-    if os.path.isabs(filename) and os.path.isfile(filename):
-        return filename
+    if os.path.isabs(os.path.expanduser(filename)):  # only inside ComfyUI's folders
+        return files.confined_read_path(filename, (name,), what=f"'{name}' file")
     path = folder_paths.get_full_path(name, filename)
     if path is None:
         where = ", ".join(folder_paths.get_folder_paths(name))

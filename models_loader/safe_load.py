@@ -1,45 +1,61 @@
-"""Safe checkpoint loading.
+"""Safe checkpoint loading: torch's own hardened unpickler plus an allowlist of inert stand-ins.
 
-Plain tensor dicts load with ``torch.load(weights_only=True)`` or safetensors. Some official
-checkpoints pickle whole modules (PersonaMagic's ``mapper-steps-N.pt`` pickles a
-``TimePositionalEncoding``; AdaFace pickles transformers/CLIP modules). For those we use a
-restricted unpickler: only globals on an explicit allowlist resolve, and every pickled *class*
-resolves to :class:`PickledObject`, an inert record of the object's state. No constructor,
-``__setstate__`` or other code of the original classes ever runs; tensors are rebuilt by torch's
-own rebuild helpers. :func:`module_state_dict` then flattens a pickled ``nn.Module`` tree into a
-regular state dict.
+Every ``.pt``/``.bin``/``.ckpt`` is read with ``torch.load(weights_only=True)``; safetensors with
+safetensors. Some official checkpoints pickle whole objects (PersonaMagic's ``mapper-steps-N.pt``
+pickles a ``TimePositionalEncoding``; AdaFace pickles transformers/CLIP modules). For those a loader
+passes the official dotted names it expects; each becomes a *fresh* stand-in class registered for
+that one load with ``torch.serialization.safe_globals([(StandIn, "official.dotted.Name"), ...])``:
+
+- an instance records the class name, the constructor arguments and the pickled state
+  (:class:`PickledObject`: ``class_path``, ``args``, ``state``); no code of the original class runs;
+- torch's unpickler only BUILDs instances of allowlisted types (never a function, class or module
+  object), so a file cannot mutate anything that outlives the load; the stand-in classes are created
+  per load and dropped afterwards;
+- globals not on the loader's allowlist are refused before anything is unpickled (zip files are
+  scanned first), with a message naming the global.
+
+:func:`module_state_dict` then flattens a pickled ``nn.Module`` tree into a regular state dict, with
+limits on depth and size so a crafted tree cannot exhaust the stack or memory.
 """
 import collections
 import os
 import pickle
-
-import torch
+import zipfile
 
 SAFETENSORS_EXT = (".safetensors", ".sft")
+LOADABLE = ("Loadable formats: .safetensors, and official checkpoints that hold only tensors or the "
+            "classes this loader knows.")
+MAX_TREE_NODES = 200_000  # pickled modules in one checkpoint (a real AdaFace file has a few thousand)
+MAX_TREE_DEPTH = 64
+_LEGACY_MAGIC = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"  # torch's pre-1.6 format
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
-    """The file needs a global that is not on the allowlist: refused, nothing was executed."""
+    """The file was refused for safety (a global not on the allowlist, or a disallowed pickle
+    operation); nothing in it was executed."""
 
 
 class PickledObject:
-    """Stand-in for any allowed pickled class: keeps the class name and the pickled state."""
+    """Inert stand-in for an allowed pickled class: the class name and the pickled state only."""
 
-    __slots__ = ("class_path", "args", "state")
+    __slots__ = ("args", "state")
+    class_path = "?"
 
-    def __init__(self, class_path, args=()):
-        self.class_path = class_path
-        self.args = args
-        self.state = {}
+    def __new__(cls, *args, **kwargs):  # NEWOBJ / REDUCE: record the arguments, run nothing
+        obj = object.__new__(cls)
+        obj.args, obj.state = args, {}
+        return obj
 
-    def __setstate__(self, state):  # BUILD opcode
+    def __init__(self, *args, **kwargs):
+        pass
+
+    def __setstate__(self, state):  # BUILD: the state is kept as data, never set as attributes
         if isinstance(state, tuple) and len(state) == 2:  # (dict_state, slot_state)
-            merged = dict(state[0] or {})
-            merged.update(state[1] or {})
+            merged = dict(state[0] or {}) if isinstance(state[0], dict) else {}
+            merged.update(state[1] if isinstance(state[1], dict) else {})
             state = merged
         self.state = state if isinstance(state, dict) else {"__state__": state}
 
-    # dict-like access to the state, e.g. obj["_parameters"]
     def __getitem__(self, key):
         return self.state[key]
 
@@ -50,152 +66,148 @@ class PickledObject:
         return f"PickledObject({self.class_path})"
 
 
-def _pickled_type(class_path):
-    """A real type for an allowed class (protocol-2 pickles use NEWOBJ, which needs a type):
-    instances are inert :class:`PickledObject`s, no code of the original class runs."""
-
-    def __new__(cls, *args, **kwargs):
-        obj = object.__new__(cls)
-        obj.class_path, obj.args, obj.state = class_path, args, {}
-        return obj
-
-    return type("Pickled_" + class_path.rsplit(".", 1)[-1], (PickledObject,),
-                {"__slots__": (), "__new__": __new__, "__init__": lambda self, *a, **k: None})
+def _stand_ins(names):
+    """Fresh stand-in classes, one per official name, for a single load."""
+    out = []
+    for name in sorted(set(names)):
+        cls = type("Pickled_" + name.rsplit(".", 1)[-1], (PickledObject,), {"__slots__": (), "class_path": name})
+        out.append((cls, name))
+    return out
 
 
-class _PickledClass:
-    """What ``find_class`` returns for an allowed class: calling it (REDUCE/NEWOBJ) gives a
-    PickledObject instead of running the real constructor."""
-
-    def __init__(self, class_path):
-        self.class_path = class_path
-
-    def __call__(self, *args, **kwargs):
-        return PickledObject(self.class_path, args)
-
-    def __reduce__(self):  # pragma: no cover - never re-pickled
-        raise TypeError("not picklable")
+def _short(name):
+    return os.path.basename(str(name))
 
 
-def _reconstructor(cls, base, state=None):
-    """copyreg._reconstructor without calling ``base.__new__`` on arbitrary types."""
-    if isinstance(cls, _PickledClass):
-        return PickledObject(cls.class_path)
-    if isinstance(cls, type) and issubclass(cls, PickledObject):
-        return cls()
-    if cls is collections.OrderedDict:
-        return collections.OrderedDict()
-    raise UnsafeCheckpointError(f"copyreg._reconstructor for {cls!r} is not allowed")
+def _refused(name, detail):
+    return UnsafeCheckpointError(
+        f"{_short(name)} was refused for safety: {detail} (nothing in it was executed). {LOADABLE}")
 
 
-def _inert(name):
-    def fn(*args, **kwargs):
-        return PickledObject(name, args)
-
-    return fn
-
-
-# Globals that resolve to real, side-effect-free callables.
-_SAFE_GLOBALS = {
-    "collections.OrderedDict": collections.OrderedDict,
-    "builtins.set": set,
-    "__builtin__.set": set,
-    "builtins.frozenset": frozenset,
-    "builtins.slice": slice,
-    "builtins.tuple": tuple,
-    "builtins.list": list,
-    "builtins.dict": dict,
-    "copyreg._reconstructor": _reconstructor,
-    "builtins.object": object,
-    "__builtin__.object": object,
-    "torch._utils._rebuild_tensor_v2": torch._utils._rebuild_tensor_v2,
-    "torch._utils._rebuild_parameter": torch._utils._rebuild_parameter,
-    "torch._utils._rebuild_parameter_with_state": torch._utils._rebuild_parameter_with_state,
-    "torch.nn.parameter.Parameter": torch.nn.Parameter,
-    "torch.Size": torch.Size,
-    "torch.device": torch.device,
-    "torch.float32": torch.float32,
-    "torch.float16": torch.float16,
-    "torch.bfloat16": torch.bfloat16,
-    "_codecs.encode": __import__("_codecs").encode,  # rebuilds bytes in protocol-2 pickles
-}
-for _st in ("Float", "Half", "BFloat16", "Double", "Long", "Int", "Short", "Char", "Byte", "Bool"):
-    _SAFE_GLOBALS[f"torch.{_st}Storage"] = getattr(torch, f"{_st}Storage")
-_SAFE_GLOBALS["torch.storage.UntypedStorage"] = torch.UntypedStorage
-for _dt in ("float32", "float16", "bfloat16", "float64", "int64", "int32", "uint8", "bool"):
-    _SAFE_GLOBALS[f"torch.{_dt}"] = getattr(torch, _dt)
+def _torch_reason(exc):
+    """The specific reason from torch's weights_only error, without its advice to disable the check."""
+    text = str(exc)
+    if "WeightsUnpickler error:" in text:
+        text = text.split("WeightsUnpickler error:", 1)[1]
+    text = text.strip().split("\n")[0].replace(" or types allowlisted via `add_safe_globals`", "")
+    for cut in (" Please use `torch.serialization", " Re-running", " was not an allowed global by default"):
+        if cut in text:
+            text = text.split(cut)[0] + (" is not on this loader's allowlist" if "allowed global" in cut else "")
+    return text.strip().rstrip(".")[:300]
 
 
-def _make_pickle_module(allowed_classes, allowed_prefixes=(), inert_functions=()):
-    allowed_classes = set(allowed_classes)
-    inert_functions = set(inert_functions)
+def _check_container(path):
+    """'zip' or 'legacy' for a torch file; a clear error for anything else or a zip bomb."""
+    with open(path, "rb") as f:
+        head = f.read(len(_LEGACY_MAGIC))
+    if head.startswith(b"PK"):
+        size = os.path.getsize(path)
+        try:
+            with zipfile.ZipFile(path) as z:
+                infos = z.infolist()
+        except zipfile.BadZipFile as exc:
+            raise ValueError(f"{_short(path)} is not a torch checkpoint (a damaged zip file: {exc}). {LOADABLE}") from None
+        if not any(i.filename.endswith("data.pkl") for i in infos):
+            raise ValueError(f"{_short(path)} is a zip file but not a torch checkpoint (no data.pkl). {LOADABLE}")
+        unpacked = sum(i.file_size for i in infos)
+        if unpacked > 2 * size + (1 << 20):
+            raise _refused(path, f"its entries unpack to {unpacked} bytes from a {size}-byte file (a zip bomb)")
+        return "zip"
+    if head == _LEGACY_MAGIC:
+        return "legacy"
+    if head[:1] == b"\x80":  # a raw pickle (pickle.dump), which torch.load would not read either
+        raise _refused(path, "it is a plain Python pickle, not a torch checkpoint")
+    raise ValueError(f"{_short(path)} is not a torch checkpoint or safetensors file (unknown content). {LOADABLE}")
 
-    class RestrictedUnpickler(pickle.Unpickler):
-        def find_class(self, module, name):
-            path = f"{module}.{name}"
-            if path in _SAFE_GLOBALS:
-                return _SAFE_GLOBALS[path]
-            if path in allowed_classes or any(path.startswith(p) for p in allowed_prefixes):
-                return _pickled_type(path)
-            if path in inert_functions:
-                return _inert(path)
-            raise UnsafeCheckpointError(
-                f"checkpoint refers to '{path}', which is not on this loader's allowlist; "
-                "refusing to unpickle it (nothing was executed)"
-            )
 
-    class RestrictedPickleModule:
-        Unpickler = RestrictedUnpickler
-        UnpicklingError = pickle.UnpicklingError
-        @staticmethod
-        def load(f, **kwargs):  # legacy (non-zip) torch files read their header with pickle_module.load
-            return RestrictedUnpickler(f, **kwargs).load()
+def _globals_in(path, kind):
+    """Globals the pickle refers to (zip: torch's scan; legacy: the header pickles), or None."""
+    import torch
 
-        @staticmethod
-        def loads(*a, **k):  # pragma: no cover
-            raise UnsafeCheckpointError("loads is not supported")
+    if kind == "zip":
+        from torch import _weights_only_unpickler as wu
 
-    return RestrictedPickleModule
+        import io
+
+        with open(path, "rb") as f, torch.serialization._open_zipfile_reader(f) as zf:
+            name = next(n for n in zf.get_all_records() if n.endswith("data.pkl"))
+            return set(wu.get_globals_in_pkl(io.BytesIO(zf.get_record(name))))
+    return None
 
 
 def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(), inert_functions=()):
     """Load a checkpoint without executing pickled code.
 
-    - ``.safetensors``: safetensors.
-    - otherwise ``torch.load(weights_only=True)``; if that refuses the file and an allowlist is
-      given, retry with the restricted unpickler (classes become :class:`PickledObject`).
+    ``allowed_classes`` / ``inert_functions``: official dotted names that load as inert
+    :class:`PickledObject` stand-ins (calling a stand-in "function" also just records its arguments);
+    ``allowed_prefixes``: the same for every name under a prefix (``"torch.nn.modules."``).
     """
+    import torch
+
+    path = str(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"checkpoint not found: {path}")
     if path.lower().endswith(SAFETENSORS_EXT):
         import safetensors.torch
 
-        return safetensors.torch.load_file(path, device=str(map_location))
+        try:
+            return safetensors.torch.load_file(path, device=str(map_location))
+        except Exception as exc:  # SafetensorError, OSError: a damaged or mislabeled file
+            raise ValueError(f"{_short(path)} is not a readable safetensors file ({exc}).") from None
+    kind = _check_container(path)
+    names = set(allowed_classes) | set(inert_functions)
+    if kind == "zip":
+        from torch import _weights_only_unpickler as wu
+
+        try:
+            found = _globals_in(path, kind)
+        except pickle.UnpicklingError as exc:
+            raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
+        except Exception as exc:
+            raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({exc}). {LOADABLE}") from None
+        known = set(wu._get_allowed_globals())
+        prefixes = tuple(allowed_prefixes)
+        names |= {g for g in found if prefixes and g.startswith(prefixes)}
+        bad = sorted(g for g in found if g not in known and g not in names)
+        if bad:
+            raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
+                                 "loader's allowlist")
     try:
-        return torch.load(path, map_location=map_location, weights_only=True)
+        with torch.serialization.safe_globals(_stand_ins(names)):
+            return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if not (allowed_classes or allowed_prefixes or inert_functions):
-            raise UnsafeCheckpointError(
-                f"{os.path.basename(path)} contains pickled code objects that this loader does not "
-                f"accept ({exc}). Only tensor checkpoints are loaded."
-            ) from exc
-    except RuntimeError as exc:
-        if "zip" in str(exc).lower() or "magic number" in str(exc).lower():
-            raise ValueError(f"{os.path.basename(path)} is not a torch checkpoint (corrupt or wrong file): {exc}") from exc
-        raise
-    module = _make_pickle_module(allowed_classes, allowed_prefixes, inert_functions)
-    return torch.load(path, map_location=map_location, weights_only=False, pickle_module=module)
+        raise _refused(path, _torch_reason(exc)) from None
+    except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
+            OverflowError, MemoryError) as exc:
+        raise ValueError(f"{_short(path)} could not be read as a torch checkpoint "
+                         f"({type(exc).__name__}: {str(exc)[:200]}). {LOADABLE}") from None
 
 
 def module_state_dict(obj, prefix=""):
-    """Flatten a pickled ``nn.Module`` (a :class:`PickledObject` tree) into ``{name: tensor}``."""
+    """Flatten a pickled ``nn.Module`` (a :class:`PickledObject` tree) into ``{name: tensor}``.
+
+    Iterative, with depth and size budgets: a cyclic, exponentially shared or absurdly deep tree is refused."""
+    import torch
+
     out = collections.OrderedDict()
     if not isinstance(obj, PickledObject):
         return out
-    for kind in ("_parameters", "_buffers"):
-        for name, t in (obj.state.get(kind) or {}).items():
-            if t is not None:
-                out[prefix + name] = t.detach() if isinstance(t, torch.Tensor) else t
-    for name, child in (obj.state.get("_modules") or {}).items():
-        out.update(module_state_dict(child, f"{prefix}{name}."))
+    stack, visits = [(obj, prefix, 0)], 0
+    while stack:
+        node, pre, depth = stack.pop()
+        visits += 1
+        if depth > MAX_TREE_DEPTH or visits > MAX_TREE_NODES:
+            what = (f"nests modules deeper than {MAX_TREE_DEPTH} (or loops back on itself)" if depth > MAX_TREE_DEPTH
+                    else f"holds more than {MAX_TREE_NODES} modules")
+            raise UnsafeCheckpointError(f"refused for safety: the pickled module tree {what} at '{(pre or '<root>')[:80]}'")
+        state = node.state if isinstance(node.state, dict) else {}
+        for kind in ("_parameters", "_buffers"):
+            tensors = state.get(kind)
+            for name, t in (tensors.items() if isinstance(tensors, dict) else ()):
+                if isinstance(t, torch.Tensor):
+                    out[f"{pre}{name}"] = t.detach()
+        children = state.get("_modules")
+        pending = [(c, f"{pre}{n}.", depth + 1) for n, c in (children.items() if isinstance(children, dict) else ())
+                   if isinstance(c, PickledObject)]
+        stack.extend(reversed(pending))
     return out

@@ -1,12 +1,17 @@
 """Node registry: every ``nodes/<feature>.py`` module (not starting with ``_``) exports
 ``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``; this collects them.
 
+Every registered class's ``FUNCTION`` is wrapped with the boundary checks of ``_validate.py``
+(finite, in-range FLOAT widgets; finite, non-empty tensors of the right shape; finite tensor outputs).
+
 Node IDs are public API (saved workflows refer to them): a changed contract gets a new
 ``_v2`` ID and the old class moves to ``deprecated.py``.
 """
 import importlib
 import logging
 import pkgutil
+
+from ._validate import guard
 
 NODE_CLASS_MAPPINGS = {}
 NODE_DISPLAY_NAME_MAPPINGS = {}
@@ -21,6 +26,8 @@ def _register(module):
             raise RuntimeError(f"duplicate node id {node_id!r} in {module.__name__}")
         NODE_CLASS_MAPPINGS[node_id] = cls
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
+    for node_id in getattr(module, "NODE_CLASS_MAPPINGS", {}):
+        guard(NODE_CLASS_MAPPINGS[node_id], NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id))
 
 
 def _discover():

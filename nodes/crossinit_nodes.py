@@ -2,7 +2,7 @@
 import os
 
 from ._common import category
-from ..models_loader import paths, textspace
+from ..models_loader import files, paths, textspace
 from ..models_loader.methods.registry import method
 
 IDENTITY = "IDENTITY_EMBEDDING"
@@ -46,15 +46,16 @@ class CrossInitEmbedding:
                 "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
             },
             "optional": {
-                "names_file": ("STRING", {"default": "", "tooltip": "Optional path to your own names list (one "
-                                          "'First Last' per line). Empty: the official wiki_names_v2.txt shipped with the pack."}),
+                "names_file": ("STRING", {"default": "", "tooltip": "Optional names list (one 'First Last' per line): "
+                                          "a file name in ComfyUI's input folder, or a path inside ComfyUI's folders. "
+                                          "Empty: the official wiki_names_v2.txt shipped with the pack."}),
             },
         }
 
     def execute(self, clip, trigger_word, names_file=""):
         textspace.check_trigger(trigger_word)  # before the 691-name encode
         ci = method("crossinit")
-        patched = ci.build(None, clip, ci.load(names_file.strip() or None), trigger_word)
+        patched = ci.build(None, clip, ci.load(files.confined_read_path(names_file, what="names_file") if names_file.strip() else None), trigger_word)
         return (patched.clip, patched.identity)
 
 
@@ -127,20 +128,16 @@ class FP_SaveIdentityEmbedding:
                 "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to save."}),
                 "name": ("STRING", {"default": "my_face", "tooltip": "File name (without extension) in models/embeddings; "
                                     "use it in prompts as embedding:<name>."}),
-                "overwrite": ("BOOLEAN", {"default": True, "tooltip": "Replace an existing file of that name."}),
+                "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file of that name; "
+                                          "otherwise a numbered name (_00001, ...) is used."}),
             },
         }
 
-    def execute(self, identity_embedding, name, overwrite=True):
-        name = name.strip()
-        if not name or os.path.basename(name) != name or name.startswith("."):
-            raise ValueError(f"invalid embedding name {name!r}: use a plain file name without folders")
-        path = os.path.join(paths.model_dir("embeddings"), name + ".safetensors")
-        if os.path.exists(path) and not overwrite:
-            raise FileExistsError(f"{path} exists; enable overwrite or choose another name")
-        textspace.save_identity_file(identity_embedding, path)
-        msg = f"saved {path}; use it in a prompt as embedding:{name}"
-        return {"ui": {"text": [msg]}, "result": (path,)}
+    def execute(self, identity_embedding, name, overwrite=False):
+        path = files.write_file("embeddings", name, lambda p: textspace.save_identity_file(identity_embedding, p),
+                                overwrite, ext=".safetensors", what="Save Identity Embedding")
+        stem = os.path.relpath(path, files.target_dir("embeddings"))[:-len(".safetensors")].replace(os.sep, "/")
+        return files.saved(path, f"use it in a prompt as embedding:{stem}")
 
 
 NODE_CLASS_MAPPINGS = {

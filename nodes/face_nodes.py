@@ -2,7 +2,7 @@
 import os
 
 from ._common import FACE_ANALYSIS_TYPES, category
-from ..models_loader import paths
+from ..models_loader import files, paths
 from ..models_loader.face import align as _align
 from ..models_loader.face import analysis as _analysis
 from ..models_loader.face import detect as _detect
@@ -122,7 +122,10 @@ class FP_SaveFaceEmbeds:
     def INPUT_TYPES(cls):
         return {"required": {
             "face_embeds": (FACE_EMBEDS, {"tooltip": "Embeddings to save."}),
-            "filename": ("STRING", {"default": "my_face.safetensors", "tooltip": "File name in models/face_embeds (.safetensors or .pt)."}),
+            "filename": ("STRING", {"default": "my_face.safetensors", "tooltip": "File name in models/face_embeds (.safetensors or .pt; a sub-path there is allowed)."}),
+        }, "optional": {
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file; otherwise a numbered "
+                                      "name (_00001, ...) is used."}),
         }}
 
     RETURN_TYPES = ("STRING",)
@@ -132,9 +135,13 @@ class FP_SaveFaceEmbeds:
     CATEGORY = CAT
     DESCRIPTION = "Saves FACE_EMBEDS to models/face_embeds so FP_LoadFaceEmbeds can reuse an identity without photos."
 
-    def execute(self, face_embeds, filename):
-        path = _embed.save_embeds(face_embeds, filename, paths.model_dir("face_embeds"))
-        return {"ui": {"text": [path]}, "result": (path,)}
+    def execute(self, face_embeds, filename, overwrite=False):
+        def write(p):
+            _embed.save_embeds(face_embeds, os.path.basename(p), os.path.dirname(p))
+
+        path = files.write_file("face_embeds", filename, write, overwrite, ext=".safetensors",
+                                allowed_ext=(".safetensors", ".pt"), what="Save Face Embeds")
+        return files.saved(path)
 
 
 class FP_LoadFaceEmbeds:
@@ -143,7 +150,7 @@ class FP_LoadFaceEmbeds:
         return {"required": {
             "embeds_file": (paths.list_files("face_embeds") or ["none"], {"tooltip": "A .pt/.safetensors file in models/face_embeds (e.g. mean_emb_*.pt)."}),
         }, "optional": {
-            "path": ("STRING", {"default": "", "tooltip": "Absolute path to an embeddings file; overrides embeds_file when set."}),
+            "path": ("STRING", {"default": "", "tooltip": "A file name in models/face_embeds or ComfyUI's input folder, or a path inside ComfyUI's folders; overrides embeds_file when set."}),
         }}
 
     RETURN_TYPES = (FACE_EMBEDS,)
@@ -155,9 +162,7 @@ class FP_LoadFaceEmbeds:
     def execute(self, embeds_file, path=""):
         path = (path or "").strip()
         if path:
-            if not os.path.isabs(path):
-                raise ValueError(f"'path' must be absolute, got {path!r}")
-            return (_embed.load_embeds(path),)
+            return (_embed.load_embeds(files.confined_read_path(path, ("face_embeds",), what="Load Face Embeds path")),)
         if embeds_file == "none":
             raise ValueError(f"no embeddings file: put one into {paths.model_dir('face_embeds')} or set 'path'")
         return (_embed.load_embeds(paths.resolve("face_embeds", embeds_file)),)

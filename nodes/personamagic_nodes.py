@@ -2,7 +2,7 @@
 import os
 
 from ._common import category
-from ..models_loader import paths
+from ..models_loader import files, paths
 from ..models_loader.methods.personamagic import checkpoint as pm_ckpt
 from ..models_loader.methods.personamagic import reference as pm_reference
 from ..models_loader.methods.registry import method
@@ -112,7 +112,10 @@ class FP_SavePersonaMagicMapper:
             "mapper": ("PERSONAMAGIC_MAPPER", {"tooltip": "A loaded mapper (e.g. an official .pt)."}),
             "filename": ("STRING", {"default": "personamagic_mapper",
                                     "tooltip": "File name (without extension) written to models/personamagic "
-                                               "as .safetensors."}),
+                                               "as .safetensors (a sub-path there is allowed)."}),
+        }, "optional": {
+            "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file; otherwise a numbered "
+                                      "name (_00001, ...) is used."}),
         }}
 
     RETURN_TYPES = ("STRING",)
@@ -123,15 +126,10 @@ class FP_SavePersonaMagicMapper:
     DESCRIPTION = ("Saves a PersonaMagic mapper in the pack's safetensors format (official state-dict keys, "
                    "metadata: token count, width, target norm, class word) so it loads without any pickle.")
 
-    def save(self, mapper, filename):
-        name = os.path.basename(filename.strip()) or "personamagic_mapper"
-        if not name.endswith(".safetensors"):
-            name += ".safetensors"
-        folder = paths.model_dir("personamagic")
-        os.makedirs(folder, exist_ok=True)
-        path = os.path.join(folder, name)
-        pm_ckpt.save_mapper(mapper, path)
-        return {"ui": {"text": [path]}, "result": (path,)}
+    def save(self, mapper, filename, overwrite=False):
+        path = files.write_file("personamagic", filename, lambda p: pm_ckpt.save_mapper(mapper, p), overwrite,
+                                ext=".safetensors", what="Save PersonaMagic Mapper")
+        return files.saved(path)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -2,7 +2,7 @@
 import os
 
 from ._common import category
-from ..models_loader import paths
+from ..models_loader import files, paths
 from ..models_loader.methods.wplus import codes as wcodes
 from ..models_loader.methods.wplus import e4e as we4e
 from ..models_loader.methods.wplus import edits as wedits
@@ -90,8 +90,8 @@ class FP_LoadWPlus:
                                "e4e / W+ Adapter codes, .npy or .safetensors). Pick the last entry to use the path below."}),
             },
             "optional": {
-                "path": ("STRING", {"default": "", "tooltip": "Optional absolute path (or a name in models/wplus/codes) "
-                                                               "that overrides the dropdown when not empty."}),
+                "path": ("STRING", {"default": "", "tooltip": "Optional name in models/wplus/codes, or a path inside "
+                                                               "ComfyUI's folders, that overrides the dropdown when not empty."}),
             },
         }
 
@@ -127,7 +127,7 @@ class FP_SaveWPlus:
         return {"required": {
             "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512] to save (all batch items in one file)."}),
             "filename": ("STRING", {"default": "wplus_code", "tooltip": "File name (without extension) in "
-                                    "models/wplus/codes, a sub-path there, or an absolute path."}),
+                                    "models/wplus/codes, or a sub-path there."}),
             "format": (list(wcodes.FORMATS), {"default": "pt", "tooltip": "pt/pth: torch tensor [B,18,512] as the "
                                               "official codes; npy: numpy float32; safetensors: key 'wplus'."}),
             "overwrite": ("BOOLEAN", {"default": False, "tooltip": "Replace an existing file; otherwise a "
@@ -139,12 +139,12 @@ class FP_SaveWPlus:
     FUNCTION = "save"
     OUTPUT_NODE = True
     CATEGORY = CAT
-    DESCRIPTION = ("Saves W+ codes to models/wplus/codes (or an absolute path) so Load W+ Code can reuse them; "
+    DESCRIPTION = ("Saves W+ codes to models/wplus/codes so Load W+ Code can reuse them; "
                    "returns the written path.")
 
     def save(self, wplus, filename, format="pt", overwrite=False):
-        path = wcodes.save_wplus_named(wplus, filename, wcodes.FORMATS[format], paths.model_dir("wplus_codes"), overwrite)
-        return {"ui": {"text": [path]}, "result": (path,)}
+        path = wcodes.save_wplus_named(wplus, filename, wcodes.FORMATS[format], files.target_dir("wplus_codes"), overwrite)
+        return files.saved(path)
 
 
 class FP_WPlusInterpolate:

@@ -72,7 +72,8 @@ def test_insightface_graph_embed_save_load(comfy, comfy_home, tiny_packs, shared
         "detect": {"class_type": "FP_FaceDetect", "inputs": {"image": ["batch", 0], "face_analysis": ["fa", 0],
                    "select": "largest", "index": 0, "if_no_face": "error", "det_thresh": 0.5}},
         "embed": {"class_type": "FP_FaceEmbed", "inputs": {"faces": ["detect", 0], "mode": "mean"}},
-        "save": {"class_type": "FP_SaveFaceEmbeds", "inputs": {"face_embeds": ["embed", 0], "filename": "graph_mean.safetensors"}},
+        "save": {"class_type": "FP_SaveFaceEmbeds", "inputs": {"face_embeds": ["embed", 0], "filename": "graph_mean.safetensors",
+                                                          "overwrite": True}},
     }
     comfy.run(prompt)
     saved = embed.load_embeds(os.path.join(paths.model_dir("face_embeds"), "graph_mean.safetensors"))
@@ -80,11 +81,14 @@ def test_insightface_graph_embed_save_load(comfy, comfy_home, tiny_packs, shared
     direct = embed.face_embeds(detect.detect_faces(imgs, fa), "per_face")
     ref = direct.mean(0, keepdim=True)
     torch.testing.assert_close(saved, ref / ref.norm(), atol=1e-5, rtol=0)
-    # the shared AdaFace mean embedding loads by absolute path and round-trips through .pt
+    # the shared AdaFace mean embedding loads by absolute path (inside ComfyUI's folders) and round-trips through .pt
     shared = str(shared_data / "adaface" / "mean_emb_keanureeves.pt")
     if os.path.exists(shared):
-        p2 = {"load": {"class_type": "FP_LoadFaceEmbeds", "inputs": {"embeds_file": "graph_mean.safetensors", "path": shared}},
-              "save": {"class_type": "FP_SaveFaceEmbeds", "inputs": {"face_embeds": ["load", 0], "filename": "keanu_copy.pt"}}}
+        inside = os.path.join(paths.model_dir("face_embeds"), "keanu_src.pt")
+        shutil.copyfile(shared, inside)
+        p2 = {"load": {"class_type": "FP_LoadFaceEmbeds", "inputs": {"embeds_file": "graph_mean.safetensors", "path": inside}},
+              "save": {"class_type": "FP_SaveFaceEmbeds", "inputs": {"face_embeds": ["load", 0], "filename": "keanu_copy.pt",
+                                                                      "overwrite": True}}}
         comfy.run(p2)
         got = torch.load(os.path.join(paths.model_dir("face_embeds"), "keanu_copy.pt"), weights_only=True)
         want = torch.load(shared, weights_only=True, map_location="cpu")

@@ -6,6 +6,8 @@ direction file, against the official formulas written out independently here:
 - GANSpace (e4e editings/ganspace.py get_delta + edit): coordinate from row 0, delta padded into start:end.
 """
 import csv
+import re
+import shutil
 
 import numpy as np
 import pytest
@@ -14,6 +16,15 @@ import torch
 from harness.comfy_host import PromptFailed
 
 CODES = ["e4e_1.pth", "e4e_2.pth", "e4e_3.pth", "e4e_4.pth", "e4e_5.pth", "stage1_1.pth", "stage1_2.pth"]
+
+
+@pytest.fixture
+def tmp_path(wplus_dirs, request):
+    """Saves stay inside models/wplus/codes (the pack refuses other places): each test gets a sub-folder."""
+    d = wplus_dirs[0] / "_tests" / re.sub(r"\W", "_", request.node.name)[:80]
+    shutil.rmtree(d, ignore_errors=True)
+    d.mkdir(parents=True)
+    return d
 
 
 def _mods():
@@ -92,7 +103,7 @@ def test_graph_load_save_roundtrip_all_formats(comfy, wplus_dirs, shared_data, t
     codes, _ = _mods()
     for fmt in ("pt", "pth", "npy", "safetensors"):
         path = tmp_path / f"code_{fmt}.{fmt}"
-        assert out[f"save_{fmt}"]["text"] == [str(path)]
+        assert out[f"save_{fmt}"]["text"] == [f"saved {path}"]
         assert torch.equal(codes.load_wplus(str(path)), ref), fmt
     # the .pt is the official format: a plain tensor [1,18,512]
     assert torch.equal(_tload(tmp_path / "code_pt.pt"), ref)
@@ -110,7 +121,7 @@ def test_save_numbering_and_absolute_path_load(comfy, wplus_dirs, shared_data, t
     assert p3.startswith(str(wplus_dirs[0])) and p3.endswith("saved_by_test.npy")
 
     load_cls = comfy.node_classes["FP_LoadWPlus"]
-    src = shared_data / "wplus" / "wcodes" / "stage1_2.pth"
+    src = wplus_dirs[0] / "stage1_2.pth"  # absolute, inside ComfyUI's folders
     prompt = {
         "load": {"class_type": "FP_LoadWPlus", "inputs": {"code": "(use path below)", "path": str(src)}},
         "load2": {"class_type": "FP_LoadWPlus", "inputs": {"code": "saved_by_test.npy"}},

@@ -112,6 +112,11 @@ class ClipText(nn.Module):
         sd = normalize_text_keys(sd, source)
         tok = sd["text_model.embeddings.token_embedding.weight"]
         pos = sd["text_model.embeddings.position_embedding.weight"]
+        if tok.dim() != 2 or tok.shape[0] <= EOS:  # the prompts use CLIP's token ids up to EOS = 49407
+            raise ValueError(f"{source}: the text encoder's vocabulary has {tok.shape[0]} tokens; AdaFace needs "
+                             f"CLIP's full vocabulary ({EOS + 1}): this file is not an AdaFace/Arc2Face text encoder")
+        if pos.dim() != 2 or pos.shape[0] < 22:
+            raise ValueError(f"{source}: {pos.shape[0]} position embeddings; AdaFace's prompts need at least 22 (77 usual)")
         n_layers = 1 + max(int(k.split(".")[3]) for k in sd if k.startswith("text_model.encoder.layers."))
         dim = tok.shape[1]
         mults = []

@@ -128,21 +128,21 @@ def average(wplus):
 
 
 def save_wplus_named(wplus, filename, ext, folder, overwrite=False):
-    """Save under ``folder`` (or an absolute ``filename``) with extension ``ext``; without ``overwrite``
-    an existing file gets a numbered sibling (``name_00001.pt``). Returns the path written."""
-    filename = (filename or "").strip()
-    if not filename:
-        raise ValueError("Save W+ Code: the file name is empty")
-    stem = filename
+    """Save as ``filename`` (a name or sub-path inside ``folder``; never outside it) with extension
+    ``ext``; without ``overwrite`` an existing file gets a numbered sibling (``name_00001.pt``).
+    Returns the path written."""
+    from ... import files
+
+    stem = (filename or "").strip()
     if os.path.splitext(stem)[1].lower() in set(FORMATS.values()) | {".sft"}:
         stem = os.path.splitext(stem)[0]
-    base = stem if os.path.isabs(stem) else os.path.join(folder, stem)
-    path = base + ext
-    n = 0
-    while not overwrite and os.path.exists(path):
-        n += 1
-        path = f"{base}_{n:05d}{ext}"
-    return save_wplus(wplus, path)
+    path = files.safe_path_in(folder, stem, overwrite, ext=ext, allowed_ext=(), what="Save W+ Code")
+    try:
+        return save_wplus(wplus, path)
+    except BaseException:
+        if not overwrite and os.path.isfile(path) and os.path.getsize(path) == 0:
+            os.remove(path)
+        raise
 
 
 def concat(a, b):

@@ -1,0 +1,267 @@
+"""Crafted checkpoints through the loader nodes in real ComfyUI graphs (issue 11, item 1).
+
+Each attack is a torch zip file whose ``data.pkl`` is written opcode by opcode here. After every
+attack the process must be unchanged: a known official-layout mapper loads bit-identically before and
+after, torch's rebuild helpers / dtypes / storages keep their attributes, and no file appears anywhere
+in the ComfyUI home or the test folder (beyond the attack file itself).
+"""
+import os
+import struct
+import zipfile
+
+import pytest
+import torch
+
+from harness.comfy_host import PromptFailed
+
+ATTACKS = {}  # name -> (loader node, pickle bytes builder, expected message fragment)
+
+
+def _s(text):  # BINUNICODE
+    b = text.encode()
+    return b"X" + struct.pack("<I", len(b)) + b
+
+
+def _g(module, name):  # GLOBAL
+    return f"c{module}\n{name}\n".encode()
+
+
+P2, STOP, DICT, TUPLE0, MARK = b"\x80\x02", b".", b"}", b")", b"("
+
+
+def _state(**kv):  # a dict built with SETITEM
+    out = DICT
+    for k, v in kv.items():
+        out += _s(k) + v + b"s"
+    return out
+
+
+def attack(name, node, expect):
+    def deco(fn):
+        ATTACKS[name] = (node, fn, expect)
+        return fn
+    return deco
+
+
+@attack("build_on_allowlisted_function", "FP_LoadPersonaMagic", "refused for safety")
+def _build_fn():  # the issue's finding: __defaults__ of torch's own rebuild helper
+    return P2 + _g("torch._utils", "_rebuild_tensor_v2") + _state(__defaults__=b"K\x01\x85") + b"b" + STOP
+
+
+@attack("build_on_function_via_memo", "FP_LoadPersonaMagic", "refused for safety")
+def _build_memo():
+    return (P2 + _g("torch._utils", "_rebuild_parameter") + b"q\x00" + b"h\x00"
+            + _state(__defaults__=TUPLE0) + b"b" + STOP)
+
+
+@attack("build_on_class_ordereddict", "FP_LoadPersonaMagic", "refused for safety")
+def _build_cls():
+    return P2 + _g("collections", "OrderedDict") + _state(__init__=_g("collections", "OrderedDict")) + b"b" + STOP
+
+
+@attack("build_on_allowlisted_standin_class", "FP_LoadPersonaMagic", "refused for safety")
+def _build_standin_cls():
+    return P2 + _g("models.positional_encoding", "TimePositionalEncoding") + _state(class_path=_s("x")) + b"b" + STOP
+
+
+@attack("build_on_module_level_dtype", "FP_LoadPersonaMagic", "refused for safety")
+def _build_dtype():
+    return P2 + _g("torch", "float32") + _state(is_floating_point=b"\x89") + b"b" + STOP
+
+
+@attack("build_on_module_level_storage_type", "FP_LoadPersonaMagic", "refused for safety")
+def _build_storage():
+    return P2 + _g("torch", "FloatStorage") + _state(_dtype=_g("torch", "int64")) + b"b" + STOP
+
+
+@attack("os_system_reduce", "FP_LoadPersonaMagic", "not on this loader's allowlist")
+def _os_system():
+    return P2 + _g("os", "system") + _s("touch PWNED") + b"\x85R" + STOP
+
+
+@attack("builtins_getattr_chain", "FP_LoadAdaFace", "not on this loader's allowlist")
+def _getattr_chain():  # getattr(torch._utils, "_rebuild_tensor_v2") would hand out the real function
+    return (P2 + _g("builtins", "getattr") + _g("torch", "_utils") + _s("_rebuild_tensor_v2") + b"\x86R" + STOP)
+
+
+@attack("reduce_chain_rebuild_from_type", "FP_LoadPersonaMagic", "could not be read")
+def _rebuild_from_type():  # torch's subclass rebuild asked to call OrderedDict and retag it as a class
+    args = (MARK + _g("collections", "OrderedDict") + _g("models.positional_encoding", "TimePositionalEncoding")
+            + TUPLE0 + _state(__class__=_g("collections", "OrderedDict")) + b"t")
+    return P2 + _g("torch._tensor", "_rebuild_from_type_v2") + args + b"R" + STOP
+
+
+@attack("reduce_standin_then_class_swap_state", "FP_LoadPersonaMagic", "is not a PersonaMagic mapper checkpoint")
+def _standin_state():  # allowed: the stand-in only records the state as data; the loader then says what is wrong
+    obj = (_g("models.positional_encoding", "TimePositionalEncoding") + MARK + _g("torch._utils", "_rebuild_tensor_v2")
+           + b"t" + b"R" + _state(__class__=_g("collections", "OrderedDict"), __setstate__=_g("torch._utils", "_rebuild_parameter"))
+           + b"b")
+    return P2 + DICT + _s("encoder") + obj + b"s" + STOP
+
+
+@attack("deep_nesting_bomb", "FP_LoadPersonaMagic", "is not a PersonaMagic mapper checkpoint")
+def _deep():
+    return P2 + MARK * 200_000 + b"t" * 200_000 + STOP
+
+
+def _generator(modules):
+    return (_g("adaface.subj_basis_generator", "SubjBasisGenerator") + TUPLE0 + b"\x81"
+            + _state(_modules=modules) + b"b")
+
+
+def _adaface_ckpt(gen):
+    return P2 + DICT + _s("string_to_subj_basis_generator_dict") + DICT + _s("z") + gen + b"s" + b"s" + STOP
+
+
+@attack("module_tree_depth_bomb", "FP_LoadAdaFace", "deeper than")
+def _tree_deep():
+    gen = _generator(DICT)
+    for _ in range(200):
+        gen = _generator(DICT + _s("m") + gen + b"s")
+    return _adaface_ckpt(gen)
+
+
+@attack("module_tree_cycle", "FP_LoadAdaFace", "loops back")
+def _tree_cycle():  # the generator's own _modules refers back to itself (memo)
+    gen = (_g("adaface.subj_basis_generator", "SubjBasisGenerator") + TUPLE0 + b"\x81" + b"q\x01"
+           + _state(_modules=DICT + _s("self") + b"h\x01" + b"s") + b"b")
+    return _adaface_ckpt(gen)
+
+
+@attack("module_tree_exponential_sharing", "FP_LoadAdaFace", "more than")
+def _tree_dag():
+    body, memo = _generator(DICT) + b"q\x02", 2
+    for _ in range(40):
+        body = _generator(DICT + _s("a") + body + b"s" + _s("b") + b"h" + bytes([memo]) + b"s") + b"q" + bytes([memo + 1])
+        memo += 1
+    return _adaface_ckpt(body)
+
+
+@attack("storage_size_bomb", "FP_LoadPersonaMagic", "could not be read")
+def _storage_bomb():  # a storage record claiming 10^12 floats backed by 16 bytes
+    pid = MARK + _s("storage") + _g("torch", "FloatStorage") + _s("0") + _s("cpu") + b"\x8a\x05\x00\x10\xa5\xd4\xe8" + b"t"
+    tensor = (_g("torch._utils", "_rebuild_tensor_v2") + MARK + pid + b"Q" + b"K\x00" + b"\x8a\x05\x00\x10\xa5\xd4\xe8"
+              + b"\x85" + b"K\x01" + b"\x85" + b"\x89" + _g("collections", "OrderedDict") + TUPLE0 + b"R" + b"t" + b"R")
+    return P2 + DICT + _s("state_dict") + DICT + _s("w") + tensor + b"s" + b"s" + STOP
+
+
+def _write_torch_zip(path, pkl, compress=False, extra=None):
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED) as z:
+        z.writestr("archive/data.pkl", pkl)
+        z.writestr("archive/byteorder", "little")
+        z.writestr("archive/version", "3\n")
+        z.writestr("archive/data/0", b"\x00" * 16)
+        for name, data in (extra or {}).items():
+            z.writestr(name, data)
+
+
+def _snapshot(*roots):
+    out = {}
+    for root in roots:
+        for dirpath, _, names in os.walk(root):
+            for n in names:
+                p = os.path.join(dirpath, n)
+                out[p] = os.path.getsize(p) if os.path.isfile(p) else -1
+    return out
+
+
+def _process_fingerprint():
+    import collections
+
+    fns = [torch._utils._rebuild_tensor_v2, torch._utils._rebuild_parameter, torch._tensor._rebuild_from_type_v2]
+    return ([(f.__defaults__, f.__kwdefaults__, f.__code__) for f in fns],
+            dict(vars(collections.OrderedDict)), torch.float32.is_floating_point, torch.FloatStorage.dtype)
+
+
+@pytest.fixture(scope="module")
+def known(comfy, comfy_home, install_model):
+    """Installs the tiny official mapper and the AdaFace files; returns a loader of the known mapper."""
+    for sub in ("personamagic", "adaface"):
+        (comfy_home / "models" / sub).mkdir(parents=True, exist_ok=True)
+    name = install_model("personamagic_mapper", "personamagic")
+    install_model("adaface_arc2face", "adaface")
+
+    def load():
+        cls = comfy.node_classes["FP_LoadPersonaMagic"]
+        sd = cls().load(name)[0].mapper.state_dict()
+        return {k: v.clone() for k, v in sd.items()}
+    return load
+
+
+def _graph(node, file_name):
+    if node == "FP_LoadPersonaMagic":
+        inputs = {"mapper_name": file_name}
+    else:
+        inputs = {"adaface_file": file_name, "arc2face_encoder": "(none)", "layer_weights": "checkpoint"}
+    return {"load": {"class_type": node, "inputs": inputs},
+            "sink": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}}
+
+
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_refused_and_process_unchanged(name, comfy, comfy_home, known, tmp_path):
+    node, build, expect = ATTACKS[name]
+    folder = comfy_home / "models" / ("personamagic" if node == "FP_LoadPersonaMagic" else "adaface")
+    evil = folder / f"attack_{name}.pt"
+    _write_torch_zip(evil, build())
+    try:
+        before_sd, before_fp = known(), _process_fingerprint()
+        files_before = _snapshot(comfy_home, tmp_path)
+        with pytest.raises(PromptFailed) as err:
+            comfy.run(_graph(node, evil.name))
+        msg = str(err.value)
+        assert expect in msg, msg
+        assert "weights_only" not in msg and "will likely succeed" not in msg, msg
+        assert _process_fingerprint() == before_fp
+        after = known()
+        assert set(after) == set(before_sd) and all(torch.equal(after[k], before_sd[k]) for k in after)
+        assert _snapshot(comfy_home, tmp_path) == files_before
+        assert not (tmp_path / "PWNED").exists() and not (comfy_home / "PWNED").exists()
+    finally:
+        evil.unlink()
+
+
+def test_zip_bomb_refused(comfy, known, comfy_home):
+    from comfyui_face_personalization.models_loader import safe_load
+
+    evil = comfy_home / "models" / "personamagic" / "attack_zipbomb.pt"
+    _write_torch_zip(evil, P2 + _s("0" * (64 << 20)) + STOP, compress=True)
+    try:
+        assert os.path.getsize(evil) < (1 << 20)
+        with pytest.raises(PromptFailed, match="zip bomb"):
+            comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
+        with pytest.raises(safe_load.UnsafeCheckpointError, match="zip bomb"):
+            safe_load.load_file(evil)
+    finally:
+        evil.unlink()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02K\x01."])
+def test_non_torch_files_clear_message(comfy, known, comfy_home, content):
+    evil = comfy_home / "models" / "personamagic" / "not_torch.pt"
+    evil.write_bytes(content)
+    try:
+        with pytest.raises(PromptFailed) as err:
+            comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
+        msg = str(err.value)
+        assert "not_torch.pt" in msg and ("not a torch checkpoint" in msg or "refused for safety" in msg), msg
+        assert "IndexError" not in msg and "KeyError" not in msg
+    finally:
+        evil.unlink()
+
+
+def test_official_layouts_still_load_exactly(comfy, known, install_model):
+    """The stand-ins load the official pickled layouts to the same tensors as the pack's safetensors."""
+    from comfyui_face_personalization.models_loader.methods.adaface import load as ada_load
+    from fixtures import tiny
+
+    inv_pt = ada_load.load_inverter_state(str(tiny.ensure("adaface_pt")))
+    inv_st = ada_load.load_inverter_state(str(tiny.ensure("adaface_safetensors")))
+    weights = [k for k in inv_pt[0] if k.endswith((".weight", ".bias"))]
+    assert len(weights) > 20 and set(weights) <= set(inv_st[0])
+    for k in weights:
+        assert torch.equal(inv_pt[0][k].float(), inv_st[0][k].float()), k
+    from comfyui_face_personalization.models_loader.methods.personamagic.checkpoint import load_mapper
+
+    a = load_mapper(str(tiny.ensure("personamagic_mapper"))).mapper.state_dict()
+    b = load_mapper(str(tiny.ensure("personamagic_mapper_st"))).mapper.state_dict()
+    assert all(torch.equal(a[k], b[k]) for k in a)
