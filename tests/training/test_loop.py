@@ -39,16 +39,16 @@ def test_cancel_resume_is_bit_identical_and_exports(base_models, face_photos, tm
     jb.mkdir()
     orig = b.sample_inputs
 
-    def cancel_after_two(step, micro, g):
+    def cancel_during_third(step, micro, g):  # the flag is seen before step 4: 3 steps done
         if step == 2 and micro == 0 and not hasattr(b, "_cancelled"):
             b._cancelled = True
             jobfiles.set_flag(str(jb), jobfiles.CANCEL_FLAG)
         return orig(step, micro, g)
 
-    b.sample_inputs = cancel_after_two
+    b.sample_inputs = cancel_during_third
     assert Loop(b, _spec("jb", steps, "b"), str(jb)).run() == "cancelled"
     ckpt = jobfiles.load_checkpoint(str(jb))  # weights_only=True
-    assert ckpt["step"] == 2 and set(ckpt["trainable"]) == {"clip_l"} and "state" in ckpt["optimizer"]
+    assert ckpt["step"] == 3 and set(ckpt["trainable"]) == {"clip_l"} and "state" in ckpt["optimizer"]
     jobfiles.set_flag(str(jb), jobfiles.CANCEL_FLAG, False)
     c = _trainer(base, face_photos, tmp_path / "b")  # a fresh process would start like this
     assert Loop(c, _spec("jb", steps, "b"), str(jb)).run() == "done"
