@@ -39,9 +39,10 @@ class FP_FaceAnalysisLoader:
     RETURN_NAMES = ("face_analysis",)
     FUNCTION = "execute"
     CATEGORY = CAT
-    DESCRIPTION = ("Loads an insightface FaceAnalysis (detection + ArcFace recognition) from "
-                   "models/insightface/models/<pack>/, checking the folder first (nested zip layout, missing or "
-                   "corrupt files give clear errors). The output also plugs into other packs' INSIGHTFACE inputs.")
+    DESCRIPTION = ("Loads an insightface model pack (SCRFD detection + ArcFace recognition) from "
+                   "models/insightface/models/<pack>/ and runs it on ONNX Runtime (insightface itself is not needed), "
+                   "checking the folder first (nested zip layout, missing or corrupt files give clear errors). The "
+                   "output also plugs into other packs' INSIGHTFACE inputs.")
 
     def execute(self, model_pack, provider, det_size):
         return (_analysis.load_face_analysis(model_pack, provider, det_size),)

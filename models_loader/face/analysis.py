@@ -1,11 +1,10 @@
-"""insightface face-analysis loading: folder checks, provider choice, clear errors.
+"""Face-analysis loading from insightface model packs: folder checks, provider choice, clear errors.
 
 Models live in ComfyUI's ``models/insightface/models/<name>/`` (the ``insightface`` folder from
-models_loader.paths, laid out as insightface's own ``root``). We locate and check the folder
-ourselves and hand insightface an existing directory, so it never tries to download.
-Only the public insightface API is used: ``FaceAnalysis(name, root, providers, allowed_modules)``,
-``.prepare(ctx_id, det_thresh, det_size)``, ``.get(img)``; model routing (detection vs
-recognition by input/output signature) is insightface's ``model_zoo``.
+models_loader.paths, laid out as insightface's own ``root``). The pack's SCRFD and ArcFace ONNX files
+run on ONNX Runtime directly (``scrfd.py``, ``arcface.py``, ``onnx_analysis.py``): insightface is an
+optional extra, and other packs' insightface objects are accepted as they are (``detect.py``).
+Nothing is downloaded.
 """
 import logging
 import os
@@ -146,44 +145,51 @@ def _fingerprint(model_dir):
     return tuple(out)
 
 
+def _open_pack(model_dir, name, providers, with_recognition):
+    """{task: (session, path)} plus the ArcFace input normalisation, cached (one pack at a time)."""
+    from .arcface import graph_normalises_input
+    from .onnx_analysis import open_sessions
+
+    modules = ("detection", "recognition") if with_recognition else ("detection",)
+    key = (os.path.realpath(model_dir), tuple(providers), modules, _fingerprint(model_dir))
+    with _LOCK:
+        hit = _CACHE.get(key)
+        if hit is not None:
+            return hit
+        try:
+            sessions = open_sessions(model_dir, _onnx_files(model_dir), providers, with_recognition)
+            rec = sessions.get("recognition")
+            mean_std = None if rec is None else ((0.0, 1.0) if graph_normalises_input(rec[1]) else (127.5, 127.5))
+        except Exception as exc:
+            raise FaceModelError(f"could not load the ONNX models in {model_dir} ({type(exc).__name__}: "
+                                 f"{str(exc)[:300]}). A file is probably corrupt or incomplete: re-download "
+                                 f"'{name}' ({_expected_text(name)}).") from exc
+        if "detection" not in sessions:
+            raise FaceModelError(f"no face detection model recognised in {model_dir} (files: "
+                                 f"{_onnx_files(model_dir)}); expected {_expected_text(name)}")
+        if with_recognition and "recognition" not in sessions:
+            log.warning("face pack %s has no recognition model: FP_FaceEmbed will not work with it", model_dir)
+        _CACHE.clear()  # keep one loaded pack
+        _CACHE[key] = (sessions, mean_std)
+        return sessions, mean_std
+
+
 def load_face_analysis(name: str = "antelopev2", provider: str = "auto", det_size: int = 640,
                        det_thresh: float = 0.5, with_recognition: bool = True, roots=None):
-    """An insightface ``FaceAnalysis`` for pack ``name`` (detection [+ recognition]), prepared.
+    """A face analysis (SCRFD detection [+ ArcFace recognition]) for pack ``name``, run on ONNX Runtime
+    directly (insightface is not needed; results equal insightface's on the same files).
 
-    The returned object is insightface's own, so other packs' INSIGHTFACE/FACEANALYSIS inputs accept it.
+    ORT sessions are cached and shared; each call returns a new ``OnnxFaceAnalysis`` holding its own
+    ``det_size`` / ``det_thresh`` defaults, so no caller's settings leak into another's object.
+    Its API is insightface's ``FaceAnalysis`` subset other packs call (INSIGHTFACE/FACEANALYSIS inputs).
     """
-    try:
-        from insightface.app import FaceAnalysis
-    except ImportError as exc:
-        raise FaceModelError("insightface is not installed: pip install insightface onnxruntime "
-                             "(or onnxruntime-gpu on CUDA machines)") from exc
+    from .onnx_analysis import OnnxFaceAnalysis, build_models
+
     model_dir = find_model_dir(name, roots)
     check_onnx_files(model_dir)
     providers = choose_providers(provider)
-    modules = ["detection", "recognition"] if with_recognition else ["detection"]
-    key = (os.path.realpath(model_dir), tuple(providers), tuple(modules), _fingerprint(model_dir))
-    with _LOCK:
-        fa = _CACHE.get(key)
-        if fa is None:
-            try:
-                fa = FaceAnalysis(name=os.path.abspath(model_dir), root=os.path.dirname(os.path.abspath(model_dir)),
-                                  providers=providers, allowed_modules=modules)
-            except AssertionError as exc:
-                raise FaceModelError(f"no face detection model recognised in {model_dir} (files: "
-                                     f"{_onnx_files(model_dir)}); expected {_expected_text(name)}") from exc
-            except Exception as exc:
-                raise FaceModelError(f"could not load the ONNX models in {model_dir} ({type(exc).__name__}: "
-                                     f"{str(exc)[:300]}). A file is probably corrupt or incomplete: re-download "
-                                     f"'{name}' ({_expected_text(name)}).") from exc
-            if with_recognition and "recognition" not in fa.models:
-                log.warning("face pack %s has no recognition model: FP_FaceEmbed will not work with it", model_dir)
-            _CACHE.clear()  # keep one loaded pack
-            _CACHE[key] = fa
-    ctx_id = -1 if providers == ["CPUExecutionProvider"] else 0
-    fa.prepare(ctx_id=ctx_id, det_thresh=det_thresh, det_size=(det_size, det_size))
-    fa.fp_model_dir = model_dir
-    fa.fp_providers = providers
-    return fa
+    sessions, mean_std = _open_pack(model_dir, name, providers, with_recognition)
+    return OnnxFaceAnalysis(build_models(sessions, int(det_size), mean_std), model_dir, providers, det_thresh)
 
 
 def session_providers(fa):

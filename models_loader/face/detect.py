@@ -79,15 +79,19 @@ def recognition_model(analysis):
 
 
 def describe(analysis) -> str:
-    d = getattr(analysis, "fp_model_dir", None) or getattr(analysis, "model_dir", None)
+    d = getattr(analysis, "model_dir", None)
     return f"{type(analysis).__name__}({d})" if d else type(analysis).__name__
 
 
 def _call_detect(det, img, size, thresh):
     try:
         return det.detect(img, input_size=(size, size), max_num=0, det_thresh=thresh)
-    except TypeError:  # insightface < 2.1: no det_thresh argument (uses the prepared threshold)
-        return det.detect(img, input_size=(size, size), max_num=0)
+    except TypeError:  # insightface < 2.1: no det_thresh argument; it applies its own prepared threshold,
+        boxes, kpss = det.detect(img, input_size=(size, size), max_num=0)  # so only a higher one can apply
+        if boxes is not None and len(boxes):
+            keep = boxes[:, 4] >= thresh
+            boxes, kpss = boxes[keep], (None if kpss is None else kpss[keep])
+        return boxes, kpss
 
 
 def _attr(face, key):

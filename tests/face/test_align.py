@@ -101,7 +101,10 @@ def test_ffhq_crop_close_to_official_aligned_example(shared_data, offline_detect
     b = detect_faces(img, offline_detector, "largest")
     tpl = align.template("ffhq", img.shape[1]).float()
     err = (b.kps[0] - tpl).norm(dim=1)
-    assert err.mean() < 0.04 * img.shape[1], err  # 5-point fit approximates the dlib-68 alignment
+    # the 5-point fit approximates the dlib-68 alignment: 15.2 px mean offset measured on this 512 px
+    # example (3% of the crop width, ~30 px at 1024), as the README says
+    assert img.shape[1] == 512
+    assert err.mean() < 16.5, err
 
 
 def test_arcface_align_shapes_and_batch():

@@ -1,5 +1,5 @@
-"""insightface loading through its own model routing: tiny SCRFD/ArcFace-signature ONNX files in
-antelopev2/buffalo_l folders, provider choice, and the folder/file error paths."""
+"""Face-pack loading on ONNX Runtime (no insightface): tiny SCRFD/ArcFace-signature ONNX files in
+antelopev2/buffalo_l folders, provider choice, shared-object safety, and the folder/file error paths."""
 import os
 import shutil
 
@@ -17,24 +17,70 @@ def _mods():
 
 
 @pytest.mark.parametrize("pack_name", ["antelopev2", "buffalo_l"])
-def test_tiny_pack_routes_through_insightface(tiny_packs, pack_name):
+def test_tiny_pack_loads_on_onnxruntime(tiny_packs, pack_name):
     analysis, _, _ = _mods()
-    from insightface.model_zoo.arcface_onnx import ArcFaceONNX
-    from insightface.model_zoo.scrfd import SCRFD
+    from comfyui_face_personalization.models_loader.face.arcface import ArcFace
+    from comfyui_face_personalization.models_loader.face.scrfd import SCRFD
 
     fa = analysis.load_face_analysis(pack_name, "CPU")
-    assert isinstance(fa.models["detection"], SCRFD)
-    assert isinstance(fa.models["recognition"], ArcFaceONNX)
+    assert isinstance(fa.models["detection"], SCRFD) and isinstance(fa.models["recognition"], ArcFace)
     assert fa.det_model is fa.models["detection"]
     assert fa.models["detection"].use_kps and fa.models["detection"].fmc == 3
-    assert os.path.realpath(fa.fp_model_dir) == os.path.realpath(tiny_packs[pack_name])
+    assert os.path.realpath(fa.model_dir) == os.path.realpath(tiny_packs[pack_name])
     if pack_name == "antelopev2":  # the zip's nested antelopev2/antelopev2/ layout is found
-        assert fa.fp_model_dir.endswith(os.path.join("antelopev2", "antelopev2"))
-    # insightface's own .get works on the object we return (other packs call exactly this)
+        assert fa.model_dir.endswith(os.path.join("antelopev2", "antelopev2"))
+    # insightface's FaceAnalysis API works on the object we return (other packs call exactly this)
     img = (blob_image()[0].numpy()[:, :, ::-1] * 255).astype(np.uint8)
+    fa.prepare(ctx_id=-1, det_size=(640, 640))
     faces = fa.get(img)
-    assert faces and faces[0].embedding.shape == (512,)
+    assert faces and faces[0].embedding.shape == (512,) and faces[0]["kps"].shape == (5, 2)
+    np.testing.assert_allclose(np.linalg.norm(faces[0].normed_embedding), 1.0, rtol=1e-6)
     assert fa.get(np.zeros((256, 256, 3), np.uint8)) == []
+
+
+def test_loader_never_mutates_a_returned_object(tiny_packs):
+    """Two loads share the ORT sessions but not their settings: each call gets its own objects."""
+    analysis, detect, _ = _mods()
+
+    a = analysis.load_face_analysis("buffalo_l", "CPU", det_size=640)
+    before = (a.det_model.input_size, a.det_thresh, dict(vars(a.det_model)).keys())
+    b = analysis.load_face_analysis("buffalo_l", "CPU", det_size=320, det_thresh=0.7)
+    assert a is not b and a.det_model is not b.det_model
+    assert a.det_model.session is b.det_model.session            # one ORT session per file
+    assert (a.det_model.input_size, a.det_thresh, dict(vars(a.det_model)).keys()) == before
+    assert b.det_model.input_size == (320, 320) and b.det_thresh == 0.7
+    snapshot = {k: v for k, v in vars(a.det_model).items() if k != "_centers"}
+    detect.detect_faces(blob_image(), a, det_thresh=0.3)        # settings are arguments, never written
+    assert {k: v for k, v in vars(a.det_model).items() if k != "_centers"} == snapshot
+    assert a.det_thresh == 0.5
+
+
+def test_face_path_runs_without_insightface_or_cv2(tiny_packs):
+    """In a process where importing insightface or cv2 fails, load + detect + embed still work."""
+    import subprocess
+    import sys
+
+    analysis, _, _ = _mods()
+    root = os.path.dirname(os.path.dirname(os.path.abspath(analysis.__file__)))   # .../models_loader
+    code = f"""
+import os, sys, types
+sys.modules["insightface"] = None; sys.modules["cv2"] = None   # any import of them raises ImportError
+for name, path in (("fp", os.path.dirname({root!r})), ("fp.models_loader", {root!r})):
+    mod = types.ModuleType(name); mod.__path__ = [path]; sys.modules[name] = mod   # skip the package inits
+import numpy as np
+from fp.models_loader.face.onnx_analysis import OnnxFaceAnalysis, build_models, open_sessions
+d = {tiny_packs["buffalo_l"]!r}
+fa = OnnxFaceAnalysis(build_models(open_sessions(d, sorted(os.listdir(d)), ["CPUExecutionProvider"])), d)
+img = np.zeros((256, 320, 3), np.uint8)
+yy, xx = np.mgrid[:256, :320]
+img[((xx - 170) ** 2 + (yy - 120) ** 2) < 3600] = 255
+faces = fa.get(img)
+assert len(faces) >= 1 and faces[0].embedding.shape == (512,), faces
+print("ok", sys.modules["cv2"] is not None, sys.modules["insightface"] is not None)
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.split() == ["ok", "False", "False"]
 
 
 def test_provider_choice():
@@ -53,15 +99,26 @@ def test_provider_choice():
 
 
 def test_loaded_sessions_use_chosen_provider(tiny_packs):
+    """The providers ORT reports for the loaded sessions: CPU when forced; with 'auto', an accelerator
+    exactly when this onnxruntime build offers CUDA (the onnxruntime-gpu build), else CPU."""
     analysis, _, _ = _mods()
     import onnxruntime
 
     fa = analysis.load_face_analysis("buffalo_l", "auto")
-    expected = analysis.choose_providers("auto", onnxruntime.get_available_providers())
-    for task, provs in analysis.session_providers(fa).items():
-        assert provs[0] == expected[0], (task, provs)
+    used = {task: m.session.get_providers() for task, m in fa.models.items()}
+    assert set(used) == {"detection", "recognition"}
+    offered = onnxruntime.get_available_providers()
+    want = "CUDAExecutionProvider" if "CUDAExecutionProvider" in offered else "CPUExecutionProvider"
+    if want == "CPUExecutionProvider" and any(p in offered for p in ("ROCMExecutionProvider", "CoreMLExecutionProvider",
+                                                                       "DmlExecutionProvider")):
+        want = None  # another accelerator build: only check it is not plain CPU
+    for task, provs in used.items():
+        assert provs[-1] == "CPUExecutionProvider", (task, provs)     # CPU stays as the fallback
+        assert provs[0] == want if want else provs[0] != "CPUExecutionProvider", (task, provs)
+    assert analysis.session_providers(fa) == used
     fa_cpu = analysis.load_face_analysis("buffalo_l", "CPU")
-    assert all(p == ["CPUExecutionProvider"] for p in analysis.session_providers(fa_cpu).values())
+    assert {t: m.session.get_providers() for t, m in fa_cpu.models.items()} == \
+        {"detection": ["CPUExecutionProvider"], "recognition": ["CPUExecutionProvider"]}
 
 
 def test_missing_folder_names_path_and_files(tmp_path):
@@ -116,7 +173,7 @@ def test_pack_without_detector(tmp_path):
 
 
 def test_detect_and_embed_match_independent_reference(tiny_packs):
-    """Embeddings from FP_FaceDetect's insightface path == ORT run on our own kornia ArcFace crop."""
+    """Embeddings from FP_FaceDetect == ORT run on our own kornia ArcFace crop."""
     analysis, detect, embed = _mods()
     import onnxruntime
     from comfyui_face_personalization.models_loader.face.align import arcface_align
