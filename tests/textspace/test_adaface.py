@@ -91,17 +91,25 @@ def test_tokens_match_reference(ada, face_embed, lw):
 
 def test_safetensors_equals_pickled(ada, face_embed):
     from fixtures import tiny
+    from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
     st = load.load_adaface(str(tiny.ensure("adaface_safetensors")), layer_weights="checkpoint")
+    ref, _ = _reference_tokens(face_embed, torch.tensor(CKPT_LAYER_WEIGHTS))
+    assert (st.encode(face_embed) - ref).abs().max().item() <= 1e-4
     assert torch.equal(st.encode(face_embed), ada["checkpoint"].encode(face_embed))
 
 
-def test_averaging_of_several_faces(ada, face_embed):
-    other = torch.load("/work/shared/data/adaface/mean_emb_jenniferlawrence.pt", map_location="cpu", weights_only=True).float()
+def test_averaging_of_several_faces(ada, face_embed, shared_data):
+    """Several faces -> the tokens of their normalised mean identity (reference forward of that mean)."""
+    other = torch.load(shared_data / "adaface" / "mean_emb_jenniferlawrence.pt", map_location="cpu", weights_only=True).float()
     both = torch.cat([face_embed, other])
     mean = F.normalize(F.normalize(both, dim=-1).mean(0, keepdim=True), dim=-1)
-    assert torch.allclose(ada["official"].encode(both), ada["official"].encode(mean), atol=1e-5)
+    ref, _ = _reference_tokens(mean, torch.tensor([[1.0], [2.0], [4.0]]))
+    ours = ada["official"].encode(both)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    single, _ = _reference_tokens(face_embed, torch.tensor([[1.0], [2.0], [4.0]]))
+    assert (ours - single).abs().max().item() > 1e-3  # the second face really takes part
 
 
 class _Evil:
@@ -191,8 +199,13 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
     patched, ident = comfy.node_classes["AdaFaceInvert"]().execute(clip, ada["official"], "<ada>", 1.0, face_embeds=face_embed)
     pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
     neg = nodes.CLIPTextEncode().encode(patched, "blurry")[0]
-    # the inline tokens are exactly the AdaFace output at the trigger position
-    assert torch.equal(ident["vectors"]["clip_l"], ada["official"].encode(face_embed))
+    # the inline tokens are exactly the AdaFace output, placed at the trigger position (after BOS)
+    expect_rows = ada["official"].encode(face_embed)
+    assert torch.equal(ident["vectors"]["clip_l"], expect_rows)
+    toks = [t for t, _ in patched.tokenize("<ada> in a forest")["l"][0]]
+    assert all(torch.is_tensor(t) for t in toks[1:17]) and not torch.is_tensor(toks[17])
+    assert torch.equal(torch.stack(toks[1:17]).float(), expect_rows)
+    assert not any(torch.is_tensor(t) for t in [t for t, _ in patched.tokenize("blurry")["l"][0]])
     seen = []
 
     def wrapper(apply_model, args):
