@@ -226,3 +226,33 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
         assert all(torch.equal(rows[0], rows[i]) for i in range(frames))
         expect = pos[0][0] if kind == 0 else neg[0][0]
         assert torch.equal(rows[0], expect[0].to(rows.dtype))
+
+
+def test_id_cfg_scale_reaches_adaface_in_a_ksampler_run(comfy, load_ckpt, tiny_sd15, ada, face_embed):
+    """AdaFaceInvert's id_cfg_scale (node default and 6, the ConsistentID value) is the official pad blend of the
+    tokens (reference forward), and the sampler's cross-attention context is the blended prompt."""
+    import nodes
+
+    model, clip, _ = load_ckpt(tiny_sd15)
+    node = comfy.node_classes["AdaFaceInvert"]
+    default = node.INPUT_TYPES()["required"]["id_cfg_scale"][1]["default"]
+    contexts = {}
+    for scale in (default, 6.0):
+        patched, ident = node().execute(clip, ada["official"], "<ada>", scale, face_embeds=face_embed)
+        ref, _ = _reference_tokens(face_embed, torch.tensor([[1.0], [2.0], [4.0]]), cfg_scale=scale)
+        assert (ident["vectors"]["clip_l"] - ref).abs().max().item() <= 1e-4 * max(1.0, scale), scale
+        pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
+        seen = []
+
+        def wrapper(apply_model, args):
+            seen.append((args["c"]["c_crossattn"].clone(), list(args["cond_or_uncond"])))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        m = model.clone()
+        m.set_model_unet_function_wrapper(wrapper)
+        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        nodes.common_ksampler(m, 0, 1, 5.0, "euler", "normal", pos, nodes.CLIPTextEncode().encode(clip, "blurry")[0], latent)
+        c, order = seen[0]
+        contexts[scale] = c[order.index(0)]
+        assert torch.equal(contexts[scale], pos[0][0][0].to(c.dtype))
+    assert (contexts[default] - contexts[6.0]).abs().max() > 1e-3
