@@ -1,6 +1,7 @@
 """Targeted mutation check (on demand, not in CI): plant one known mistake at a time in a temporary
 copy of the repo, run the tests that should catch it, and report whether they failed.
 
+    eval "$(bash .ci/bootstrap.sh | tail -2)"; export FP_PY FP_COMFY
     cd tests && $FP_PY mutation/run_mutations.py            # every mutation
     cd tests && $FP_PY mutation/run_mutations.py --list     # names only
     cd tests && $FP_PY mutation/run_mutations.py start_percent_default_zero foreign_residual_negated
@@ -94,8 +95,9 @@ def run_one(name, rel, old, new, args, python):
         tail = [ln for ln in proc.stdout.splitlines() if ln.startswith(("FAILED", "ERROR"))]
         if proc.returncode == 0:
             return "SURVIVED (all tests passed)"
-        if proc.returncode in (1,):
-            return "caught: " + ("; ".join(tail[:3]) or "tests failed")
+        failed = [ln for ln in tail if ln.startswith("FAILED")]
+        if proc.returncode == 1 and failed:
+            return "caught: " + "; ".join(failed[:3])
         return f"error (pytest exit {proc.returncode}): " + (proc.stdout.splitlines()[-1:] or [""])[0]
 
 
@@ -113,6 +115,8 @@ def main():
     if unknown:
         sys.exit(f"unknown mutation(s): {', '.join(sorted(unknown))} (see --list)")
     python = os.environ.get("FP_PY", sys.executable)
+    if not (os.environ.get("FP_COMFY") or os.environ.get("COMFYUI_PATH")):
+        sys.exit('set FP_COMFY (eval "$(bash .ci/bootstrap.sh | tail -2)"; export FP_PY FP_COMFY)')
     bad = 0
     for name, rel, old, new, args in chosen:
         print(f"[mutation] {name} ({rel}) ...", flush=True)
