@@ -16,6 +16,24 @@ SHARED = Path(os.environ.get("FP_SHARED", REPO.parent / "shared")).resolve()
 SHARED_DATA = SHARED / "data"
 
 
+def pytest_addoption(parser):
+    parser.addoption("--shuffle", metavar="SEED", type=int, default=None,
+                     help="run the collected tests in a random order drawn from SEED (order-independence check)")
+
+
+def pytest_collection_modifyitems(config, items):
+    seed = config.getoption("--shuffle")
+    if seed is not None:
+        import random
+
+        random.Random(seed).shuffle(items)
+
+
+def pytest_report_header(config):
+    seed = config.getoption("--shuffle")
+    return f"test order shuffled with seed {seed}" if seed is not None else None
+
+
 @pytest.fixture(scope="session")
 def comfy_home(tmp_path_factory):
     return comfy_host.setup_home(tmp_path_factory.mktemp("comfy_home"))

@@ -89,9 +89,37 @@ def test_adaface_tokens_under_context_windows(comfy, sd15):
 
     model, clip = sd15
     ada = load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")))
-    tclip = textspace.apply_trigger(clip, "<ada>", {"clip_l": ada.encode(torch.randn(1, 512))})
-    _check(comfy, model, _encode(tclip, "<ada> walking in a forest"), _encode(clip, "blurry"),
-           WINDOWS["uniform_3_overlap_1"])
+    rows = ada.encode(torch.randn(1, 512, generator=torch.Generator().manual_seed(0)))
+    tclip = textspace.apply_trigger(clip, "<ada>", {"clip_l": rows})
+    # the 16 identity tokens sit inline at the trigger position (right after BOS)
+    toks = [t for t, _ in tclip.tokenize("<ada> walking in a forest")["l"][0]]
+    assert all(torch.is_tensor(t) for t in toks[1:17]) and not torch.is_tensor(toks[17])
+    assert torch.equal(torch.stack(toks[1:17]).float(), rows)
+    pos, neg = _encode(tclip, "<ada> walking in a forest"), _encode(clip, "blurry")
+    _check(comfy, model, pos, neg, WINDOWS["uniform_3_overlap_1"])
+    # every window covers 3 frames, together all frames, and each window's rows carry the identity conditioning
+    windows = []
+
+    def wrapper(apply_model, args):
+        win = args["c"]["transformer_options"].get("context_window")
+        windows.append((list(win.index_list) if win is not None else None, args["c"]["c_crossattn"].clone(),
+                        list(args["cond_or_uncond"])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m = _windowed(comfy, model, WINDOWS["uniform_3_overlap_1"]).clone()
+    m.set_model_unet_function_wrapper(wrapper)
+    import nodes
+
+    latent = nodes.EmptyLatentImage().generate(64, 64, FRAMES)[0]
+    nodes.common_ksampler(m, 3, FRAMES - 1, 5.0, "euler", "normal", pos, neg, latent)
+    assert windows and all(idx is not None and len(idx) == 3 for idx, _, _ in windows)
+    assert set().union(*(idx for idx, _, _ in windows)) == set(range(FRAMES))
+    for idx, c, order in windows:
+        per = c.shape[0] // len(order)
+        assert per == len(idx)
+        for chunk, kind in enumerate(order):
+            expect = (pos if kind == 0 else neg)[0][0][0].to(c.dtype)
+            assert all(torch.equal(c[chunk * per + i], expect) for i in range(per))
 
 
 def test_personamagic_staged_tokens_under_context_windows(comfy, sd15):

@@ -41,6 +41,7 @@ def test_tiny_checkpoint_detected(comfy, install_model, kind, family):
 
 
 def test_txt2img_in_process(comfy, tiny_sd15):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     outputs = comfy.run(txt2img(tiny_sd15, prefix="host_txt2img"))
     files = comfy.output_files(outputs)
     assert len(files) == 1 and files[0].exists()
@@ -49,6 +50,7 @@ def test_txt2img_in_process(comfy, tiny_sd15):
 
 
 def test_controlnet_loads_and_applies(comfy, tiny_sd15, tiny_controlnet):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     prompt = txt2img(tiny_sd15, prefix="host_cn")
     prompt["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": tiny_controlnet}}
     prompt["hint"] = {"class_type": "EmptyImage", "inputs": {"width": 64, "height": 64, "batch_size": 1, "color": 16777215}}

@@ -34,6 +34,7 @@ def test_nodes_in_object_info(server, pack):
 
 
 def test_prompt_over_http(server, tiny_sd15):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     outputs = server.run(txt2img(tiny_sd15, prefix="server_txt2img"))
     images = server.fetch_images(outputs)
     assert len(images) == 1

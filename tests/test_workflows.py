@@ -20,11 +20,13 @@ def provision(comfy, comfy_home):
 
 
 def test_there_are_workflows():
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     assert WORKFLOWS, "workflows/ is empty"
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_runs(comfy, provision, path):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     ui = wf.load(path)
     prompt = wf.ui_to_api(ui, comfy.input_types)
     outputs = comfy.run(prompt)

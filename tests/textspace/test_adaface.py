@@ -108,17 +108,27 @@ def test_tokens_match_reference(ada, face_embed, lw):
 
 def test_safetensors_equals_pickled(ada, face_embed):
     from fixtures import tiny
+    from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
     st = load.load_adaface(str(tiny.ensure("adaface_safetensors")), layer_weights="checkpoint")
+    ref, _ = _reference_tokens(face_embed, torch.tensor(CKPT_LAYER_WEIGHTS))
+    assert (st.encode(face_embed) - ref).abs().max().item() <= 1e-4
     assert torch.equal(st.encode(face_embed), ada["checkpoint"].encode(face_embed))
 
 
-def test_averaging_of_several_faces(ada, face_embed):
-    other = torch.load("/work/shared/data/adaface/mean_emb_jenniferlawrence.pt", map_location="cpu", weights_only=True).float()
+def test_averaging_of_several_faces(ada, face_embed, shared_data):
+    """Several faces -> the tokens of their normalised mean identity (reference forward of that mean)."""
+    other = torch.load(shared_data / "adaface" / "mean_emb_jenniferlawrence.pt", map_location="cpu", weights_only=True).float()
     both = torch.cat([face_embed, other])
     mean = F.normalize(F.normalize(both, dim=-1).mean(0, keepdim=True), dim=-1)
-    assert torch.allclose(ada["default"].encode(both), ada["default"].encode(mean), atol=1e-5)
+    from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
+
+    ref, _ = _reference_tokens(mean, torch.tensor(CKPT_LAYER_WEIGHTS))
+    ours = ada["default"].encode(both)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    single, _ = _reference_tokens(face_embed, torch.tensor(CKPT_LAYER_WEIGHTS))
+    assert (ours - single).abs().max().item() > 1e-3  # the second face really takes part
 
 
 class _Evil:
@@ -185,6 +195,7 @@ def _img(comfy, outputs):
 
 
 def test_graph_changes_image_and_controlnet_composes(comfy, tiny_sd15, tiny_controlnet, adaface_files, tmp_path, input_image):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     from PIL import Image
     from harness.graphs import txt2img
 
@@ -212,10 +223,13 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
     patched, ident = comfy.node_classes["AdaFaceInvert"]().execute(clip, ada["default"], "<ada>", 1.0, face_embeds=face_embed)
     pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
     neg = nodes.CLIPTextEncode().encode(patched, "blurry")[0]
-    # the inline tokens are exactly the AdaFace output at the trigger position
-    from comfyui_face_personalization.models_loader.face.embed import as_face_embeds
-
-    assert torch.equal(ident["vectors"]["clip_l"], ada["default"].encode(as_face_embeds(face_embed)))
+    # the inline tokens are exactly the AdaFace output, placed at the trigger position (after BOS)
+    expect_rows = ada["default"].encode(face_embed)
+    assert torch.equal(ident["vectors"]["clip_l"], expect_rows)
+    toks = [t for t, _ in patched.tokenize("<ada> in a forest")["l"][0]]
+    assert all(torch.is_tensor(t) for t in toks[1:17]) and not torch.is_tensor(toks[17])
+    assert torch.equal(torch.stack(toks[1:17]).float(), expect_rows)
+    assert not any(torch.is_tensor(t) for t in [t for t, _ in patched.tokenize("blurry")["l"][0]])
     seen = []
 
     def wrapper(apply_model, args):
@@ -236,3 +250,33 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
         assert all(torch.equal(rows[0], rows[i]) for i in range(frames))
         expect = pos[0][0] if kind == 0 else neg[0][0]
         assert torch.equal(rows[0], expect[0].to(rows.dtype))
+
+
+def test_id_cfg_scale_reaches_adaface_in_a_ksampler_run(comfy, load_ckpt, tiny_sd15, ada, face_embed):
+    """AdaFaceInvert's id_cfg_scale (node default and 6, the ConsistentID value) is the official pad blend of the
+    tokens (reference forward), and the sampler's cross-attention context is the blended prompt."""
+    import nodes
+
+    model, clip, _ = load_ckpt(tiny_sd15)
+    node = comfy.node_classes["AdaFaceInvert"]
+    default = node.INPUT_TYPES()["required"]["id_cfg_scale"][1]["default"]
+    contexts = {}
+    for scale in (default, 6.0):
+        patched, ident = node().execute(clip, ada["reset_1_2_4"], "<ada>", scale, face_embeds=face_embed)
+        ref, _ = _reference_tokens(face_embed, torch.tensor([[1.0], [2.0], [4.0]]), cfg_scale=scale)
+        assert (ident["vectors"]["clip_l"] - ref).abs().max().item() <= 1e-4 * max(1.0, scale), scale
+        pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
+        seen = []
+
+        def wrapper(apply_model, args):
+            seen.append((args["c"]["c_crossattn"].clone(), list(args["cond_or_uncond"])))
+            return apply_model(args["input"], args["timestep"], **args["c"])
+
+        m = model.clone()
+        m.set_model_unet_function_wrapper(wrapper)
+        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+        nodes.common_ksampler(m, 0, 1, 5.0, "euler", "normal", pos, nodes.CLIPTextEncode().encode(clip, "blurry")[0], latent)
+        c, order = seen[0]
+        contexts[scale] = c[order.index(0)]
+        assert torch.equal(contexts[scale], pos[0][0][0].to(c.dtype))
+    assert (contexts[default] - contexts[6.0]).abs().max() > 1e-3

@@ -38,7 +38,13 @@ def names(comfy):
     return core.load_names()
 
 
-def test_names_list_shipped(names):
+def test_names_list_shipped(names, shared_data):
+    """The shipped names file is the official wiki_names_v2.txt, byte for byte."""
+    from comfyui_face_personalization.models_loader.methods.crossinit import core
+
+    with open(core.NAMES_FILE, "rb") as f:
+        shipped = f.read()
+    assert shipped == (shared_data / "crossinit" / "wiki_names_v2.txt").read_bytes()
     assert len(names) == 691 and len(set(names)) == 646
 
 
@@ -78,14 +84,14 @@ def _manual_encode_sd2(clip, words_before, vectors, words_after):
     return hf.final_layer_norm(hidden_states(hf, x)[-2])
 
 
-def test_official_28017_in_sd2_equals_manual_insertion(comfy, tiny_sd2, load_ckpt, crossinit_files):
+def test_official_28017_in_sd2_equals_manual_insertion(comfy, tiny_sd2, load_ckpt, crossinit_files, shared_data):
     from comfyui_face_personalization.models_loader import textspace
     from comfyui_face_personalization.models_loader.methods.crossinit import core
 
     _, clip, _ = load_ckpt(tiny_sd2)
     out_clip, identity = comfy.node_classes["FP_LoadIdentityEmbedding"]().execute(clip, "crossinit/28017.bin", "<28017>")
     vec = identity["vectors"]
-    raw = torch.load("/work/shared/data/crossinit/learned_embeddings/28017.bin", weights_only=True)
+    raw = torch.load(shared_data / "crossinit" / "learned_embeddings" / "28017.bin", weights_only=True)
     assert torch.equal(vec, torch.stack([raw["28017_v0"], raw["28017_v1"]]).float())
     cond = out_clip.encode_from_tokens(out_clip.tokenize("a photo of <28017> person"))
     ref = _manual_encode_sd2(clip, "a photo of", vec, "person")
@@ -154,13 +160,19 @@ def test_save_then_plain_embedding_syntax(comfy, comfy_home, load_ckpt, tiny_sd1
 
 
 def test_custom_names_file(tmp_path, load_ckpt, tiny_sd15, names):
+    """A custom names file gives the official initialisation over exactly those names (HF reference)."""
     from comfyui_face_personalization.models_loader.methods.crossinit import core
 
     f = tmp_path / "names.txt"
     f.write_text("\n".join(names[:50]))
     _, clip, _ = load_ckpt(tiny_sd15)
     a = core.cross_init_vectors(clip, core.load_names(str(f)))["clip_l"]
-    b = core.cross_init_vectors(clip, names[:50])["clip_l"]
-    assert torch.equal(a, b)
+    key, width, heads, inner, act, layer = _cfg("sd15")
+    hf = hf_text_model(comfy_clip_to_hf(clip, key), width, heads, inner, act)
+    ref, counts = _reference_cross_init(hf, names[:50], 49406, 49407, 49407, layer)
+    assert counts[0] == 50
+    assert (a - ref).abs().max().item() <= 1e-5
+    full = core.cross_init_vectors(clip, names)["clip_l"]
+    assert (a - full).abs().max() > 1e-4  # the file's names are really the ones used
     with pytest.raises(FileNotFoundError):
         core.load_names(str(tmp_path / "nope.txt"))

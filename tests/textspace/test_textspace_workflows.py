@@ -8,6 +8,7 @@ WF = Path(__file__).resolve().parents[2] / "workflows"
 
 @pytest.mark.parametrize("name", ["mix_identities", "adaface_animatediff"])
 def test_workflow_runs(comfy, name, tiny_sd15, adaface_files):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     from harness import workflow
 
     prompt = workflow.ui_to_api(workflow.load(WF / f"{name}.json"), comfy.input_types)

@@ -5,6 +5,7 @@ from pathlib import Path
 
 
 def test_bench_quick_runs(comfy):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     path = Path(__file__).resolve().parents[2] / "bench" / "bench_attention.py"
     spec = importlib.util.spec_from_file_location("fp_bench_attention", path)
     mod = importlib.util.module_from_spec(spec)

@@ -22,6 +22,7 @@ def provisioned(comfy, comfy_home, shared_data, tiny_sd15, tiny_controlnet, inst
 
 @pytest.mark.parametrize("name", ["wplus_controlnet"])
 def test_workflow_runs(comfy, provisioned, name):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     prompt = wf.ui_to_api(wf.load(WF_DIR / f"{name}.json"), comfy.input_types)
     kinds = {n["class_type"] for n in prompt.values()}
     assert {"ApplyResidualCrossAttention", "ControlNetApplyAdvanced"} <= kinds

@@ -164,9 +164,21 @@ def test_preprocess_normalisation_and_resize(comfy):
     x = torch.rand(1, 256, 256, 3)
     out = e4e.preprocess(x)
     torch.testing.assert_close(out, ((x * 255 - 127.5) / 127.5).permute(0, 3, 1, 2))
-    big = torch.rand(1, 512, 512, 3)
-    ref = F.interpolate(big.permute(0, 3, 1, 2), size=(256, 256), mode="bilinear", antialias=True) * 2 - 1
-    torch.testing.assert_close(e4e.preprocess(big), ref)
+    # resize reference: the official e4e transform, PIL Resize((256, 256)) (bilinear) on the uint8 photo
+    import numpy as np
+    from PIL import Image
+
+    g = torch.Generator().manual_seed(0)
+    for h, w in ((512, 512), (300, 400), (128, 128)):
+        img = (torch.rand(h, w, 3, generator=g) * 255).round().to(torch.uint8)
+        pil = Image.fromarray(img.numpy()).resize((256, 256), Image.BILINEAR)
+        ref = torch.from_numpy(np.array(pil)).float().div(255).permute(2, 0, 1)[None] * 2 - 1
+        ours = e4e.preprocess(img.float()[None] / 255)
+        assert ours.shape == (1, 3, 256, 256)
+        diff = (ours - ref).abs()
+        # PIL rounds its output to uint8: at most one grey level (2/255 in [-1, 1]) apart, ~0.3 level on average
+        assert diff.max().item() <= 2 / 255 + 1e-5, (h, w, diff.max().item() * 127.5)
+        assert diff.mean().item() <= 0.5 * 2 / 255, (h, w, diff.mean().item() * 127.5)
     with pytest.raises(ValueError, match=r"\[B,H,W,3\]"):
         e4e.preprocess(torch.rand(3, 256, 256))
 

@@ -8,6 +8,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def test_wplus_edit_workflow_runs(comfy, install_model, wplus_dirs):
+    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
     from wplus_build_workflows import build  # this folder is on sys.path (pytest rootdir-relative import)
 
     path = REPO / "workflows" / "wplus_edit.json"
