@@ -68,3 +68,54 @@ def test_real_models_replace_tiny_ones(comfy, comfy_home, provision, tmp_path):
     swaps = prov.prefer_real_models(prompt, installed, real)
     assert [s[1:] for s in swaps] == [(tiny.ensure("sd15").name, "my_sd15.safetensors")]
     assert comfy.output_files(comfy.run(prompt))
+
+
+def _pass_through_nodes(ui, comfy):
+    """Pack nodes of ``ui`` that hand a MODEL or CLIP through (the patch nodes a user bypasses)."""
+    out = []
+    for n in ui["nodes"]:
+        cls = comfy.node_classes.get(n["type"])
+        if cls is None or not cls.__module__.startswith("comfyui_face_personalization"):
+            continue
+        ins = {i.get("type") for i in n.get("inputs", []) if i.get("link") is not None}
+        if ({"MODEL", "CLIP"} & ins) & set(cls.RETURN_TYPES):
+            out.append(n["id"])
+    return out
+
+
+@pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
+def test_bypassed_patch_nodes_are_rerouted(comfy, path):
+    """Bypassing (mode 4) the pack's patch nodes gives a prompt whose MODEL/CLIP consumers are fed from
+    the bypassed node's own MODEL/CLIP input, as the frontend does, and nothing refers to a bypassed node."""
+    ui = wf.load(path)
+    bypass = _pass_through_nodes(ui, comfy)
+    if not bypass:
+        pytest.skip("no MODEL/CLIP patch node in this workflow")
+    for n in ui["nodes"]:
+        if n["id"] in bypass:
+            n["mode"] = 4
+    prompt = wf.ui_to_api(ui, comfy.input_types)
+    for key, node in prompt.items():
+        assert int(key) not in bypass
+        for name, value in node["inputs"].items():
+            if isinstance(value, list) and len(value) == 2 and isinstance(value[0], str):
+                assert int(value[0]) not in bypass, (path.name, key, name)
+                assert value[0] in prompt, (path.name, key, name)
+
+
+def test_bypassed_rca_is_the_plain_graph(comfy):
+    """wplus_basic with Apply W+ Residual Cross-Attention bypassed converts to exactly the graph with that node
+    removed and the sampler wired to the checkpoint (the leak-free run of such a graph is checked by the
+    contract suite's no-trace test)."""
+    ui = wf.load(WORKFLOWS[0].parent / "wplus_basic.json")
+    rca = next(n for n in ui["nodes"] if n["type"] == "ApplyResidualCrossAttention")
+    rca["mode"] = 4
+    bypassed = wf.ui_to_api(ui, comfy.input_types)
+    rca["mode"] = 0
+    plain = wf.ui_to_api(ui, comfy.input_types)
+    model_src = plain.pop(str(rca["id"]))["inputs"]["model"]
+    for node in plain.values():
+        for name, value in node["inputs"].items():
+            if value == [str(rca["id"]), 0]:
+                node["inputs"][name] = model_src
+    assert bypassed == plain

@@ -80,17 +80,57 @@ def api_to_ui(prompt, input_types, title=None, output_types=None):
             "groups": [], "config": {}, "extra": {"title": title or ""}, "version": 0.4}
 
 
+def _types_match(a, b):
+    """The frontend's slot-type compatibility: '*' matches anything, unions are comma-separated."""
+    if a in ("*", "", None) or b in ("*", "", None):
+        return True
+    return bool(set(str(a).split(",")) & set(str(b).split(",")))
+
+
 def ui_to_api(workflow, input_types):
     """UI workflow -> API prompt. Muted (mode 2) and bypassed (mode 4) nodes are left out; Reroute
-    nodes are followed through."""
+    nodes are followed through; a consumer of a bypassed node's output is fed from one of that node's
+    inputs, by the frontend's rule (``ExecutableNodeDTO.resolveOutput`` in frontend 1.32): the input at the
+    same slot index if its type matches both the output's and the wanted type, else the first input of
+    exactly the wanted type, else the first compatible one (resolved again, through further bypassed
+    nodes); with none, the consumer's input stays unset."""
     nodes = {n["id"]: n for n in workflow["nodes"]}
     links = {lk[0]: lk for lk in workflow["links"]}
 
-    def source(link_id):
-        _, src, slot, _, _, _ = links[link_id]
-        while nodes[src]["type"] == "Reroute":
-            src, slot = links[nodes[src]["inputs"][0]["link"]][1:3]
-        return [str(src), slot]
+    def bypass_input(node, slot, wanted):
+        ins = [i for i in node.get("inputs", []) if i.get("link") is not None]
+        outs = node.get("outputs") or []
+        out_type = outs[slot]["type"] if slot < len(outs) else wanted
+        all_ins = node.get("inputs", [])
+        if slot < len(all_ins) and all_ins[slot].get("link") is not None:
+            same = all_ins[slot]
+            if _types_match(same.get("type"), out_type) and _types_match(same.get("type"), wanted):
+                return same["link"]
+        for i in ins:
+            if i.get("type") == wanted:
+                return i["link"]
+        for i in ins:
+            if _types_match(i.get("type"), wanted):
+                return i["link"]
+        return None
+
+    def source(link_id, wanted=None):
+        seen = set()
+        while True:
+            _, src, slot, _, _, ltype = links[link_id]
+            wanted = wanted or ltype
+            node = nodes[src]
+            if node["type"] == "Reroute":
+                link_id = node["inputs"][0]["link"]
+            elif node.get("mode", 0) == 4:
+                link_id = bypass_input(node, slot, wanted)
+                if link_id is None:
+                    return None
+            else:
+                return [str(src), slot]
+            if link_id in seen:
+                raise ValueError("workflow links form a cycle through bypassed/reroute nodes")
+            seen.add(link_id)
 
     prompt = {}
     for nid, node in nodes.items():
@@ -105,12 +145,14 @@ def ui_to_api(workflow, input_types):
                 value = values.pop(0) if values else None
                 if _has_control_widget(name, spec) and values and values[0] in ("fixed", "increment", "decrement", "randomize"):
                     values.pop(0)
-                if name in linked:
-                    inputs[name] = source(linked[name])
+                if name in linked and source(linked[name], spec[0] if isinstance(spec[0], str) else None):
+                    inputs[name] = source(linked[name], spec[0] if isinstance(spec[0], str) else None)
                 elif value is not None:
                     inputs[name] = value
             elif name in linked:
-                inputs[name] = source(linked[name])
+                src = source(linked[name], spec[0])
+                if src is not None:
+                    inputs[name] = src
         prompt[str(nid)] = {"class_type": node["type"], "inputs": inputs, "_meta": {"title": node.get("title", node["type"])}}
     return prompt
 
