@@ -30,7 +30,7 @@ def main():
     from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface.load import load_adaface
     from comfyui_face_personalization.models_loader.methods.crossinit import core
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
 
     ckpt = tiny.ensure("sd15")
     import comfy.sd
@@ -38,8 +38,8 @@ def main():
     model, clip, _ = comfy.sd.load_checkpoint_guess_config(str(ckpt))[:3]
     ada = load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")))
     face = torch.randn(1, 512)
-    c_ci = clip_tokens.apply_trigger(clip, "<ci>", core.cross_init_vectors(clip))
-    c_ada = clip_tokens.apply_trigger(c_ci, "<ada>", {"clip_l": ada.encode(face)})
+    c_ci = textspace.apply_trigger(clip, "<ci>", core.cross_init_vectors(clip))
+    c_ada = textspace.apply_trigger(c_ci, "<ada>", {"clip_l": ada.encode(face)})
     enc = lambda c, t: nodes.CLIPTextEncode().encode(c, t)[0]  # noqa: E731
     neg = enc(clip, "blurry")
     conds = {"plain": enc(clip, "a photo of a person"), "identity": enc(c_ada, "a photo of <ci> and <ada>")}

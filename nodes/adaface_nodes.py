@@ -1,8 +1,7 @@
 """AdaFace: ArcFace embedding -> identity tokens inserted into the prompt under a trigger word."""
 from ._common import category
-from ..models_loader import clip_tokens, paths, safe_load
+from ..models_loader import paths, safe_load, textspace
 from ..models_loader.methods.adaface import load as ada_load
-from ..models_loader.methods.crossinit import core
 
 ADAFACE = "ADAFACE"
 _NONE = "(none)"
@@ -74,6 +73,7 @@ class AdaFaceInvert:
         }
 
     def execute(self, clip, adaface, trigger_word, id_cfg_scale, face_embeds=None, embeds_file=_NONE):
+        textspace.check_trigger(trigger_word)
         if face_embeds is not None:
             faces = ada_load.load_face_embeds(face_embeds, "face_embeds input")
         elif embeds_file and embeds_file != _NONE:
@@ -83,8 +83,8 @@ class AdaFaceInvert:
             raise ValueError("AdaFaceInvert needs face embeddings: connect face_embeds or choose an embeds_file "
                              "(models/face_embeds)")
         tokens = adaface.encode(faces, cfg_scale=id_cfg_scale)
-        identity = core.make_identity(trigger_word.strip(), {"clip_l": tokens}, "adaface")
-        return (clip_tokens.apply_trigger(clip, trigger_word, {"clip_l": tokens}, what="AdaFace identity (768-d, SD1.x)"), identity)
+        return textspace.apply_identity(clip, trigger_word, {"clip_l": tokens}, "adaface",
+                                        what="AdaFace identity (768-d, SD1.x)")
 
 
 NODE_CLASS_MAPPINGS = {"FP_LoadAdaFace": FP_LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}

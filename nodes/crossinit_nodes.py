@@ -2,7 +2,7 @@
 import os
 
 from ._common import category
-from ..models_loader import clip_tokens, paths
+from ..models_loader import paths, textspace
 from ..models_loader.methods.crossinit import core
 
 IDENTITY = "IDENTITY_EMBEDDING"
@@ -52,10 +52,10 @@ class CrossInitEmbedding:
         }
 
     def execute(self, clip, trigger_word, names_file=""):
+        textspace.check_trigger(trigger_word)  # before the 691-name encode
         names = core.load_names(names_file.strip() or None)
         vectors = core.cross_init_vectors(clip, names)
-        identity = core.make_identity(trigger_word.strip(), vectors, "crossinit")
-        return (clip_tokens.apply_trigger(clip, trigger_word, vectors, what="cross-init embedding"), identity)
+        return textspace.apply_identity(clip, trigger_word, vectors, "crossinit", what="cross-init embedding")
 
 
 class FP_LoadIdentityEmbedding:
@@ -80,8 +80,10 @@ class FP_LoadIdentityEmbedding:
         }
 
     def execute(self, clip, embedding_file, trigger_word):
-        identity = core.load_identity_file(_resolve_identity_file(embedding_file))
-        return (clip_tokens.apply_trigger(clip, trigger_word, identity["vectors"], what=f"embedding {embedding_file}"), identity)
+        textspace.check_trigger(trigger_word)
+        identity = textspace.load_identity_file(_resolve_identity_file(embedding_file))
+        return textspace.apply_identity(clip, trigger_word, identity["vectors"], "file", what=f"embedding {embedding_file}",
+                                        name=identity["name"])
 
 
 class FP_ApplyIdentityEmbedding:
@@ -103,7 +105,9 @@ class FP_ApplyIdentityEmbedding:
         }
 
     def execute(self, clip, identity_embedding, trigger_word):
-        return (clip_tokens.apply_trigger(clip, trigger_word, identity_embedding["vectors"]),)
+        patched, _ = textspace.apply_identity(clip, trigger_word, identity_embedding["vectors"],
+                                              identity_embedding.get("method", "file"))
+        return (patched,)
 
 
 class FP_SaveIdentityEmbedding:
@@ -134,7 +138,7 @@ class FP_SaveIdentityEmbedding:
         path = os.path.join(paths.model_dir("embeddings"), name + ".safetensors")
         if os.path.exists(path) and not overwrite:
             raise FileExistsError(f"{path} exists; enable overwrite or choose another name")
-        core.save_identity_file(identity_embedding, path)
+        textspace.save_identity_file(identity_embedding, path)
         msg = f"saved {path}; use it in a prompt as embedding:{name}"
         return {"ui": {"text": [msg]}, "result": (path,)}
 

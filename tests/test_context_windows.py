@@ -83,13 +83,13 @@ def test_rca_per_frame_wplus_under_context_windows(comfy, sd15, window, shared_d
 
 
 def test_adaface_tokens_under_context_windows(comfy, sd15):
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
     from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface.load import load_adaface
 
     model, clip = sd15
     ada = load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")))
-    tclip = clip_tokens.apply_trigger(clip, "<ada>", {"clip_l": ada.encode(torch.randn(1, 512))})
+    tclip = textspace.apply_trigger(clip, "<ada>", {"clip_l": ada.encode(torch.randn(1, 512))})
     _check(comfy, model, _encode(tclip, "<ada> walking in a forest"), _encode(clip, "blurry"),
            WINDOWS["uniform_3_overlap_1"])
 

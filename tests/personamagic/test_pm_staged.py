@@ -40,9 +40,9 @@ def ref_mapper(sd, t, word, norm, image=None):
 def ref_contexts(clip, tokens, bypass):
     """Prompt context with the 4 vectors inline (ComfyUI's own encode path), and the bypass context
     computed by hand: last hidden state (pre final LayerNorm) + bypass at the 4 positions."""
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
 
-    c2 = clip_tokens.apply_trigger(clip, "<persona>", tokens)
+    c2 = textspace.apply_trigger(clip, "<persona>", tokens)
     toks = c2.tokenize(PROMPT)
     ctx = c2.encode_from_tokens(toks).float()
     if bypass is None:

@@ -129,13 +129,13 @@ def test_malicious_pickle_refused(tmp_path, comfy):
 
 
 def test_wrong_inputs(ada, load_ckpt, tiny_sd2, comfy):
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
     with pytest.raises(ValueError, match="512"):
         load.load_face_embeds(torch.randn(1, 768))
     _, clip2, _ = load_ckpt(tiny_sd2)
-    with pytest.raises(clip_tokens.TokenEmbeddingError, match="1024"):
+    with pytest.raises(textspace.TokenEmbeddingError, match="1024"):
         comfy.node_classes["AdaFaceInvert"]().execute(clip2, ada["official"], "<ada>", 1.0, face_embeds=torch.randn(1, 512))
 
 

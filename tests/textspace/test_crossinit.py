@@ -79,7 +79,7 @@ def _manual_encode_sd2(clip, words_before, vectors, words_after):
 
 
 def test_official_28017_in_sd2_equals_manual_insertion(comfy, tiny_sd2, load_ckpt, crossinit_files):
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
     from comfyui_face_personalization.models_loader.methods.crossinit import core
 
     _, clip, _ = load_ckpt(tiny_sd2)
@@ -95,7 +95,7 @@ def test_official_28017_in_sd2_equals_manual_insertion(comfy, tiny_sd2, load_ckp
     # the original CLIP is untouched (clone): the trigger is plain text there
     plain = clip.encode_from_tokens(clip.tokenize("a photo of <28017> person"))
     assert (plain - cond).abs().max() > 1e-2
-    assert clip_tokens.triggers_of(clip) == {}
+    assert textspace.triggers_of(clip) == {}
 
 
 def test_wrong_dimension_is_a_clear_error(comfy, tiny_sd15, crossinit_files):
@@ -113,15 +113,15 @@ def test_wrong_dimension_is_a_clear_error(comfy, tiny_sd15, crossinit_files):
 
 
 def test_missing_trigger_warns(load_ckpt, tiny_sd15, caplog):
-    from comfyui_face_personalization.models_loader import clip_tokens
+    from comfyui_face_personalization.models_loader import textspace
 
     _, clip, _ = load_ckpt(tiny_sd15)
-    patched = clip_tokens.apply_trigger(clip, "<me>", torch.randn(2, 768))
+    patched = textspace.apply_trigger(clip, "<me>", torch.randn(2, 768))
     with caplog.at_level(logging.WARNING):
         patched.tokenize("a photo of a person")
     assert any("<me>" in r.getMessage() and "does not contain" in r.getMessage() for r in caplog.records)
-    assert "does not contain" in clip_tokens.check_prompt(patched, "a cat")
-    assert clip_tokens.check_prompt(patched, "a photo of <me>") == ""
+    assert "does not contain" in textspace.check_prompt(patched, "a cat")
+    assert textspace.check_prompt(patched, "a photo of <me>") == ""
 
 
 def test_save_then_plain_embedding_syntax(comfy, comfy_home, load_ckpt, tiny_sd15):

@@ -11,6 +11,8 @@ weight rows are the features of 200 anchor timesteps 400, 402, ..., 798; read fr
   and the result feeds the cross-attention *values* only.
 
 Everything is computed in float32 (fp16 autocast drifts ~1e-3 from the official outputs).
+The training code imports this: :class:`PersonaMagicMapper` and :func:`apply_bypass` are the trainable
+math, free of ``no_grad``/``detach``; inference wraps calls to them in ``torch.no_grad()``.
 """
 import math
 
@@ -98,17 +100,29 @@ class PersonaMagicMapper(nn.Module):
         feats = time_features(t, self.num_features).to(self.input_layer.weight.device)
         return self.timestep_proj(self.input_layer(feats))
 
-    @torch.no_grad()
     def forward(self, t, word_embedding, norm_scale, image_embedding=None):
-        """-> (tokens [N, D], bypass [N, D] or None) for one timestep ``t`` (float)."""
+        """-> (tokens, bypass or None): [N, D] each for a scalar timestep ``t``, [T, N, D] for a 1-D
+        tensor/list of T timesteps (one batched pass)."""
         dev = self.input_layer.weight.device
-        e_t = self.time_embedding(float(t))  # [1, 128]
-        word = word_embedding.to(dev, torch.float32).reshape(1, -1)
-        tokens = self.output_layer(e_t).view(-1, self.output_dim)
-        tokens = F.normalize(tokens + word, dim=-1) * float(norm_scale)
+        scalar = not (torch.is_tensor(t) and t.dim() > 0) and not isinstance(t, (list, tuple))
+        e_t = self.time_embedding(t)  # [T, 128]
+        n_t = e_t.shape[0]
+        word = word_embedding.to(dev, torch.float32).reshape(1, 1, -1)
+        tokens = self.output_layer(e_t).view(n_t, -1, self.output_dim)
+        tokens = F.normalize(tokens + word, dim=-1) * norm_scale
         bypass = None
         if self.output_bypass and image_embedding is not None:
-            img = image_embedding.to(dev, torch.float32).reshape(1, -1)
+            img = image_embedding.to(dev, torch.float32).reshape(1, -1).expand(n_t, -1)
             h = self.image_proj(torch.cat([e_t, img], dim=-1))
-            bypass = self.image_output_layer(h).view(-1, self.output_dim)
+            bypass = self.image_output_layer(h).view(n_t, -1, self.output_dim)
+        if scalar:
+            return tokens[0], None if bypass is None else bypass[0]
         return tokens, bypass
+
+
+def apply_bypass(hidden, bypass):
+    """Official bypass rule: at the placeholder positions the text encoder's last hidden state ``e``
+    (before the final LayerNorm) becomes ``normalize(e + bypass) * |e|`` (norm-preserving).
+    ``hidden`` [..., N, D] (the N placeholder rows), ``bypass`` [N, D] or broadcastable -> same shape."""
+    b = bypass.to(hidden.device, hidden.dtype)
+    return F.normalize(hidden + b, dim=-1) * hidden.norm(dim=-1, keepdim=True)

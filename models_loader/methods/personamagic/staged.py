@@ -21,7 +21,7 @@ import logging
 import torch
 import torch.nn.functional as F
 
-from ... import clip_tokens
+from ... import textspace
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +43,7 @@ def _inner_text_model(clip):
         raise PersonaMagicInputError(
             f"StageRegulatedTI needs a CLIP with one CLIP-style text encoder (SD1.x: 768-d, as PersonaMagic was "
             f"trained); this CLIP is {type(cm).__name__} "
-            f"(encoders: {clip_tokens.encoder_specs(clip) or 'unknown'}).")
+            f"(encoders: {textspace.encoder_specs(clip) or 'unknown'}).")
     return inner, cm.clip_name
 
 
@@ -167,11 +167,11 @@ class StagedPrompt:
         # tokenization: the trigger becomes N sentinel rows; remember where they went
         n, d = bundle.token_num, width
         sentinel = (_SENTINEL + torch.arange(n, dtype=torch.float32))[:, None].expand(n, d).contiguous()
-        tclip = clip_tokens.apply_trigger(clip, trigger, sentinel, what="PersonaMagic placeholder")
-        ok, _ = clip_tokens.prompt_has_trigger(tclip, text)
+        tclip = textspace.apply_trigger(clip, trigger, sentinel, what="PersonaMagic placeholder")
+        ok, _ = textspace.prompt_has_trigger(tclip, text)
         self.has_trigger = ok
         if not ok:
-            log.warning(clip_tokens.missing_trigger_message([trigger], text)
+            log.warning(textspace.missing_trigger_message([trigger], text)
                         + " StageRegulatedTI then only encodes the prompt as written.")
         tokens = tclip.tokenize(text)
         self.template = {}
@@ -189,7 +189,7 @@ class StagedPrompt:
                     row.append(item)
                 out.append(row)
             self.template[key] = out
-        class_text = clip_tokens._trigger_regex(trigger).sub(self.class_word, text)
+        class_text = textspace.replace_trigger(text, trigger, self.class_word)
         self.class_text = class_text
         self.class_tokens = clip.tokenize(class_text)
         self.cache = collections.OrderedDict()

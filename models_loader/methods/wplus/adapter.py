@@ -22,6 +22,8 @@ import re
 import torch
 import torch.nn as nn
 
+from .rca import official_index  # noqa: F401  (re-exported: the index rule lives in rca)
+
 # W+ rows per token group, as in the official WProjModel
 ROW_GROUPS = ((0, 4), (4, 8), (8, 12), (12, 18))
 W_DIM = 512
@@ -49,37 +51,34 @@ class WProjModel(nn.Module):
 
 
 class ResidualAttnWeights:
-    """Weights of one residual cross-attention method (W+ Adapter RCA or PIDiff SCA).
+    """The loaded weights of one residual cross-attention method (W+ Adapter RCA or PIDiff SCA).
 
-    ``mapping``: WProjModel (W+ -> tokens); ``layers``: list of (to_q, to_k, to_v) weight tensors,
-    one per cross-attention layer in down, up, mid order. ``kind``: "wplus_adapter" / "pidiff".
+    ``mapping``: :class:`WProjModel` (W+ -> tokens); ``adapter``: :class:`.rca.ResidualAdapter` (one
+    :class:`.rca.ResidualCrossAttention` per cross-attention layer, down, up, mid order). Both are the
+    trainable modules themselves (training imports them); this inference value only freezes them.
+    ``kind``: "wplus_adapter" / "pidiff".
     """
 
     def __init__(self, mapping, layers, kind, source=""):
+        from .rca import ResidualAdapter
+
         self.mapping = mapping.eval().requires_grad_(False)
-        self.layers = [tuple(t.detach() for t in l) for l in layers]
+        adapter = layers if isinstance(layers, ResidualAdapter) else ResidualAdapter.from_weights(layers)
+        self.adapter = adapter.eval().requires_grad_(False)
         self.kind = kind
         self.source = source
-        self._cast = {}
 
     @property
     def cross_dim(self):
         return self.mapping.cross_dim
 
-    def widths(self):
-        return [int(q.shape[0]) for q, _, _ in self.layers]
+    @property
+    def layers(self):
+        """[(to_q, to_k, to_v) weight tensors] per layer (views of the adapter's parameters)."""
+        return [(l.to_q_wplus.weight, l.to_k_wplus.weight, l.to_v_wplus.weight) for l in self.adapter]
 
-    def layer(self, n, device, dtype):
-        """(wq, wk, wv) of layer ``n`` on device/dtype (cast once, then cached)."""
-        q = self.layers[n][0]
-        if q.device == device and q.dtype == dtype:
-            return self.layers[n]
-        key = (n, str(device), dtype)
-        got = self._cast.get(key)
-        if got is None:
-            got = tuple(t.to(device=device, dtype=dtype) for t in self.layers[n])
-            self._cast[key] = got
-        return got
+    def widths(self):
+        return self.adapter.widths()
 
     def embed(self, wplus):
         """(cond tokens [B,4,C], uncond tokens [1,4,C]) in fp32 on CPU; uncond = mapping(zeros)."""
@@ -89,7 +88,7 @@ class ResidualAttnWeights:
             return m(w.clone()), m(torch.zeros_like(w[:1]))
 
     def __repr__(self):
-        return f"ResidualAttnWeights({self.kind}, {len(self.layers)} layers, widths {sorted(set(self.widths()))}, " \
+        return f"ResidualAttnWeights({self.kind}, {len(self.adapter)} layers, widths {sorted(set(self.widths()))}, " \
                f"tokens {self.cross_dim}, from {os.path.basename(self.source) or '?'})"
 
 
@@ -166,9 +165,9 @@ def to_official_dicts(weights):
     adapter = {}
     for n, (q, k, v) in enumerate(weights.layers):
         i = 2 * n + 1
-        adapter[f"{i}.to_q_wplus.weight"] = q.clone()
-        adapter[f"{i}.to_k_wplus.weight"] = k.clone()
-        adapter[f"{i}.to_v_wplus.weight"] = v.clone()
+        adapter[f"{i}.to_q_wplus.weight"] = q.detach().clone()
+        adapter[f"{i}.to_k_wplus.weight"] = k.detach().clone()
+        adapter[f"{i}.to_v_wplus.weight"] = v.detach().clone()
     return {"w_proj": w_proj, "wplus_adapter": adapter}
 
 
@@ -196,11 +195,6 @@ def load_wplus_adapter(path):
 # --------------------------------------------------------------------------------------------
 # mapping onto a model
 # --------------------------------------------------------------------------------------------
-def official_index(n):
-    """diffusers attn_processors index of the n-th cross-attention layer (down, up, mid order)."""
-    return 2 * n + 1
-
-
 def map_to_model(weights, model):
     """[(CrossAttnLayer, n)] pairing each model cross-attention layer with adapter layer n;
     raises a clear error when the adapter does not fit the model."""

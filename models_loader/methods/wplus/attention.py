@@ -8,9 +8,12 @@ Official ``WPlusAttnProcessor2_0`` (and PIDiff Eq. 3-4), per cross-attention lay
 
 ``e = mapping(w+)`` (4 tokens) for cond chunks and ``mapping(zeros)`` for uncond chunks. In
 ComfyUI this is an entry of the shared attn2 engine (:mod:`...patch_engine`): the engine computes
-``h_text`` (or calls a foreign occupant), this module's callback returns ``lambda * h_w`` (times
-an optional region mask) and ComfyUI applies ``to_out``.
+``h_text`` (or calls a foreign occupant), this module's callback runs the same
+:class:`.rca.ResidualCrossAttention` module training uses (a frozen copy cast to the activations'
+device/dtype) and returns ``lambda * h_w`` (times an optional region mask); ComfyUI applies ``to_out``.
 """
+import copy
+
 import torch
 
 from ... import patch_engine
@@ -43,15 +46,12 @@ class ResidualParams:
         self._layers = {}
 
     def layer(self, n, device, dtype):
-        """(wq, wk, strength * wv) of layer n on device/dtype, cached: softmax(.)(lambda V) = lambda h_w,
-        so the strength costs no extra full-size multiply per layer."""
+        """Frozen copy of adapter layer n on device/dtype (cast once, then cached)."""
         key = (n, str(device), dtype)
         got = self._layers.get(key)
         if got is None:
-            wq, wk, wv = self.weights.layers[n]
-            got = (wq.to(device=device, dtype=dtype), wk.to(device=device, dtype=dtype),
-                   (wv.float() * self.strength).to(device=device, dtype=dtype))
-            self._layers[key] = got
+            got = copy.deepcopy(self.weights.adapter.layer(n)).to(device=device, dtype=dtype)
+            self._layers[key] = got.requires_grad_(False)
         return got
 
     def to(self, device):  # weights are cast lazily to the activations' device/dtype
@@ -109,19 +109,21 @@ class LayerParams:
         return self
 
 
-def residual_attention(h_text, q, k, v, extra_options, entry):
-    """Engine callback: Attn(to_q'(h_text), to_k'(e), lambda * to_v'(e)) [* mask] = lambda * h_w [* mask]."""
+def comfy_attention(extra_options):
+    """ComfyUI's attention backend as an ``attention(q, k, v, heads)`` callable for the RCA module."""
     import comfy.ldm.modules.attention as attention
 
+    precision = extra_options.get("attn_precision")
+    return lambda q, k, v, heads: attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+
+
+def residual_attention(h_text, q, k, v, extra_options, entry):
+    """Engine callback: lambda * Attn(to_q'(h_text), to_k'(e), to_v'(e)) [* mask] via the RCA module."""
     p = entry.params
     shared = p.shared
-    wq, wk, wv = shared.layer(p.n, h_text.device, h_text.dtype)
+    module = shared.layer(p.n, h_text.device, h_text.dtype)
     e = shared.context(h_text.shape[0], extra_options, h_text.device, h_text.dtype)
-    qw = torch.nn.functional.linear(h_text, wq)
-    kw = torch.nn.functional.linear(e, wk)
-    vw = torch.nn.functional.linear(e, wv)
-    h_w = attention.optimized_attention(qw, kw, vw, extra_options["n_heads"],
-                                        attn_precision=extra_options.get("attn_precision"))
+    h_w = module(h_text, e, extra_options["n_heads"], scale=shared.strength, attention=comfy_attention(extra_options))
     if shared.mask is not None:
         h_w = h_w * shared.layer_mask(h_text, extra_options)
     return h_w
@@ -141,6 +143,6 @@ def apply_residual_cross_attention(model, weights, wplus, strength=1.0, start_pe
 
     def make_entry(layer):
         return patch_engine.Entry(method=method, callback=residual_attention, params=LayerParams(shared, by_key[layer.key]),
-                                  sigma_start=sigma_start, sigma_end=sigma_end, strength=float(strength))
+                                  sigma_start=sigma_start, sigma_end=sigma_end)
 
     return patch_engine.add_entry(model, [layer for layer, _ in pairs], make_entry)

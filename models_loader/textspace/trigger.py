@@ -12,11 +12,12 @@ each SD tokenizer inside ``clip.tokenizer`` has an ``embedding_key`` and ``embed
 given as ``{embedding_key: tensor[N, D]}`` or one tensor ``[N, D]`` (used for every encoder whose width is
 D). Every encoder must get vectors of its own width, else :class:`TokenEmbeddingError`.
 
-Public API (stable; other methods import it):
+Public API (CrossInit, AdaFace and PersonaMagic import it through :mod:`..textspace`):
 
 - :func:`apply_trigger(clip, trigger, vectors) -> CLIP`
-- :func:`encoder_specs(clip) -> [(embedding_key, width)]`
-- :func:`prompt_has_trigger(clip, text)`, :func:`triggers_of(clip)`
+- :func:`check_trigger`, :func:`trigger_regex`, :func:`replace_trigger`, :func:`sub_tokenizers`
+- :func:`encoder_specs(clip) -> [(embedding_key, width)]`, :func:`resolve_vectors`
+- :func:`prompt_has_trigger(clip, text)`, :func:`triggers_of(clip)`, :func:`check_prompt`
 - :class:`TokenEmbeddingError`
 """
 import copy
@@ -34,7 +35,7 @@ class TokenEmbeddingError(ValueError):
     """The vectors do not fit this CLIP (wrong width, missing encoder, bad trigger word)."""
 
 
-def _sub_tokenizers(tokenizer):
+def sub_tokenizers(tokenizer):
     """(attribute name, SDTokenizer) pairs of a ComfyUI tokenizer object."""
     from comfy import sd1_clip
 
@@ -49,7 +50,7 @@ def _sub_tokenizers(tokenizer):
 
 def encoder_specs(clip):
     """``[(embedding_key, width), ...]`` of the CLIP's text encoders (e.g. ``[("clip_l", 768)]``)."""
-    return [(tok.embedding_key, int(tok.embedding_size)) for _, tok in _sub_tokenizers(clip.tokenizer)]
+    return [(tok.embedding_key, int(tok.embedding_size)) for _, tok in sub_tokenizers(clip.tokenizer)]
 
 
 def _as_vectors(vectors):
@@ -83,7 +84,7 @@ def resolve_vectors(clip, vectors, what="embedding"):
                 f"the {what} does not fit this CLIP: its text encoder '{key}' needs vectors of width {width}, "
                 f"the {what} has {have}. (SD1.x: clip_l 768, SD2.x: clip_h 1024, SDXL: clip_l 768 + clip_g 1280; "
                 "an embedding made for another model family cannot be used.)")
-        t = t.detach().float().reshape(-1, width).cpu()
+        t = t.float().reshape(-1, width).cpu()  # no detach: gradients reach trainable vectors
         if not torch.isfinite(t).all():
             raise TokenEmbeddingError(f"the {what} for '{key}' contains NaN/inf values")
         out[key] = t
@@ -93,7 +94,8 @@ def resolve_vectors(clip, vectors, what="embedding"):
     return out
 
 
-def _check_trigger(trigger):
+def check_trigger(trigger):
+    """The stripped trigger word, or :class:`TokenEmbeddingError` saying what is wrong with it."""
     if not isinstance(trigger, str) or not trigger.strip():
         raise TokenEmbeddingError("the trigger word must be a non-empty string")
     trigger = trigger.strip()
@@ -106,9 +108,14 @@ def _check_trigger(trigger):
     return trigger
 
 
-def _trigger_regex(trigger):
-    # whole-word, case-insensitive (the CLIP tokenizer lower-cases the prompt anyway)
+def trigger_regex(trigger):
+    """Whole-word, case-insensitive match of the trigger (the CLIP tokenizer lower-cases the prompt anyway)."""
     return re.compile(r"(?<![\w<>])" + re.escape(trigger) + r"(?![\w<>])", re.IGNORECASE)
+
+
+def replace_trigger(text, trigger, word):
+    """``text`` with every whole-word occurrence of ``trigger`` replaced by ``word`` (e.g. the class word)."""
+    return trigger_regex(trigger).sub(word, text)
 
 
 class TriggerTokenizer:
@@ -120,7 +127,7 @@ class TriggerTokenizer:
         # internal embedding names. triggers: {trigger: {"name": internal, "vectors": {key: tensor}}}
         self.base = base
         self.triggers = triggers
-        self._regexes = sorted(((t, _trigger_regex(t)) for t in triggers), key=lambda x: -len(x[0]))
+        self._regexes = sorted(((t, trigger_regex(t)) for t in triggers), key=lambda x: -len(x[0]))
         self._warned = set()
 
     def __getattr__(self, name):
@@ -189,7 +196,7 @@ def apply_trigger(clip, trigger, vectors, what="identity embedding"):
 
     ``vectors``: tensor [N, D] or ``{embedding_key: tensor [N, D]}`` (see module doc). Applying to a
     CLIP that already has triggers keeps them (a trigger of the same name is replaced)."""
-    trigger = _check_trigger(trigger)
+    trigger = check_trigger(trigger)
     resolved = resolve_vectors(clip, vectors, what=what)
     old = clip.tokenizer
     if isinstance(old, TriggerTokenizer):
@@ -205,7 +212,7 @@ def apply_trigger(clip, trigger, vectors, what="identity embedding"):
     triggers[trigger] = {"name": f"{_INTERNAL_PREFIX}{idx}__", "vectors": resolved}
 
     base = copy.copy(original)
-    for attr, tok in _sub_tokenizers(original):
+    for attr, tok in sub_tokenizers(original):
         names = {v["name"]: v["vectors"][tok.embedding_key] for v in triggers.values()}
         setattr(base, attr, _patched_sd_tokenizer(tok, names))
     wrapper = TriggerTokenizer(base, triggers)
@@ -241,3 +248,57 @@ def check_prompt(clip, text):
     msg = missing_trigger_message(missing, text)
     log.warning(msg)
     return msg
+
+
+def token_key(embedding_key):
+    """Key of ``clip.tokenize()``'s dict for an encoder's embedding key ("clip_l" -> "l")."""
+    return embedding_key.split("_", 1)[1] if embedding_key.startswith("clip_") else embedding_key
+
+
+def trigger_slots(clip, text, trigger, n):
+    """Tokenize ``text`` with ``trigger`` standing for ``n`` vectors (ComfyUI's own tokenizer, weights and
+    chunking included). Returns ``{embedding_key: chunks}``, each chunk a list of ``(token, weight)`` where
+    the trigger's rows are ``(("slot", k), weight)`` instead of a tensor. The rows are found by tensor
+    identity (views of a placeholder tensor), never by value."""
+    trigger = check_trigger(trigger)
+    placeholders = {key: torch.zeros(n, width) for key, width in encoder_specs(clip)}
+    tclip = apply_trigger(clip, trigger, placeholders, what="placeholder")
+    resolved = triggers_of(tclip)[trigger]
+    tokens = tclip.tokenize(text)
+    out = {}
+    for key, ph in resolved.items():
+        ptr, width = ph.untyped_storage().data_ptr(), ph.shape[-1]
+        chunks = []
+        for chunk in tokens[token_key(key)]:
+            row = []
+            for item in chunk:
+                y = item[0]
+                if torch.is_tensor(y) and y.untyped_storage().data_ptr() == ptr:
+                    row.append((("slot", y.storage_offset() // width),) + tuple(item[1:]))
+                else:
+                    row.append(tuple(item))
+            chunks.append(row)
+        out[key] = chunks
+    return out
+
+
+def slot_layout(chunks, fill=0):
+    """(ids [C, L] long, weights [C, L] float, slots [(chunk, position, k)]) of :func:`trigger_slots`'
+    chunks for one encoder; slot positions hold ``fill`` in ``ids``."""
+    ids, weights, slots = [], [], []
+    for c, chunk in enumerate(chunks):
+        row_ids, row_w = [], []
+        for p, item in enumerate(chunk):
+            y = item[0]
+            if isinstance(y, tuple) and y and y[0] == "slot":
+                slots.append((c, p, int(y[1])))
+                row_ids.append(fill)
+            elif torch.is_tensor(y):
+                raise TokenEmbeddingError("the prompt holds another inline embedding next to the trigger word; "
+                                          "this method supports plain words and its own trigger only")
+            else:
+                row_ids.append(int(y))
+            row_w.append(float(item[1]) if len(item) > 1 else 1.0)
+        ids.append(row_ids)
+        weights.append(row_w)
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32), slots
