@@ -21,6 +21,8 @@ import os
 import torch
 import torch.nn.functional as F
 
+from ...training import diffusion
+from ...training.protocol import ADAMW_DEFAULTS
 from ..wplus import train as wt
 
 TEMPLATES = ("an image of {}", "a cropped photo of {}", "a photo of {}", "a close-up photo of {}", "a portrait of {}",
@@ -34,28 +36,32 @@ class PIDiffTrainer:
 
     def __init__(self, model_patcher, clip, vae, pixels, wplus, init=None, batch_size=4, lr=1e-4, weight_decay=1e-2,
                  drop_text=0.3, drop_visual=0.5, wplus_noise=0.05, pseudo_word="sks", templates=TEMPLATES, seed=0,
-                 size=None):
+                 device="cpu", output_dirs=None, gradient_checkpointing=False):
         self.cfg = dict(OFFICIAL, batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
                         drop_text=float(drop_text), drop_visual=float(drop_visual), wplus_noise=float(wplus_noise),
                         pseudo_word=str(pseudo_word))
         self.templates = tuple(templates)
+        self.device = torch.device(device)
+        self.output_dirs = dict(output_dirs or {})
+        self.checkpointing = bool(gradient_checkpointing)
         self.patcher = model_patcher
         self.model = model_patcher.model
         w = wplus.detach().float().reshape(-1, 18, 512)
         if w.shape[0] != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} photos but {w.shape[0]} W+ codes: one code per photo")
         self.wplus = w
-        self.source = wt.LatentSource(vae, self.model, pixels)
-        self.prompts = wt.PromptEncoder(clip, self.model, size or tuple(pixels.shape[-2:]))
-        self.acp = wt.alphas_cumprod(self.model)
+        self.source = wt.LatentSource(vae, self.model, pixels, self.device)
+        self.prompts = wt.PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
+        self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
+        self.kind = diffusion.prediction_type(self.model)
         cross = wt.attn2_modules(self.model)[0].to_k.weight.shape[1]
         if init is not None:
             self.mapping, self.adapter = wt.trainable_copy(init)
         else:
             self.mapping = wt.fresh_mapping(cross, torch.Generator().manual_seed(int(seed)))
             self.adapter = wt.adapter_from_unet(self.model)
-        self.mapping.train().requires_grad_(True)
-        self.adapter.train().requires_grad_(True)
+        self.mapping.to(self.device).train().requires_grad_(True)
+        self.adapter.to(self.device).train().requires_grad_(True)
         self.transformer_options, self.holder = wt.residual_training_options(model_patcher, self.adapter,
                                                                              "pidiff_sca_train")
 
@@ -69,7 +75,7 @@ class PIDiffTrainer:
         return out
 
     def optimizer_config(self):
-        return {"lr": self.cfg["lr"], "betas": wt.ADAMW["betas"], "eps": wt.ADAMW["eps"],
+        return {"lr": self.cfg["lr"], "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
                 "weight_decay": self.cfg["weight_decay"]}
 
     def sample_inputs(self, step, micro, generator):
@@ -93,42 +99,73 @@ class PIDiffTrainer:
         return inp
 
     def loss_terms(self, inputs):
+        dev = self.device
         x0 = self.source.latents(inputs["index"], inputs["vae_eps"])
-        t, noise = inputs["timesteps"], inputs["noise"]
-        x_t = wt.add_noise(x0, noise, t, self.acp)
-        target = wt.prediction_target(self.model, x0, noise, t, self.acp)
+        t = inputs["timesteps"].to(dev).long()
+        noise = inputs["noise"].to(dev)
+        x_t = diffusion.add_noise(self.acp, x0, noise, t)
+        target = diffusion.target(self.kind, self.acp, x0, noise, t)
         ctx, y = self.prompts(inputs["prompts"])
-        w = inputs["wplus"] + inputs["wplus_noise"]
-        w = torch.where(inputs["drop_wplus"].view(-1, 1, 1), torch.zeros_like(w), w)
+        w = (inputs["wplus"] + inputs["wplus_noise"]).to(dev)
+        w = torch.where(inputs["drop_wplus"].to(dev).view(-1, 1, 1), torch.zeros_like(w), w)
         self.holder.tokens = self.mapping(w)
-        self.holder.strength = 1.0
-        pred = wt.unet_forward(self.model, x_t, t, ctx, self.transformer_options, y)
+        pred = wt.unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
         self.holder.tokens = None
-        mse = F.mse_loss(pred, target.float(), reduction="mean")
+        mse = F.mse_loss(pred.float(), target.float(), reduction="mean")
         return {"loss": mse, "mse": mse}
 
     def weights(self):
-        import copy
+        return wt.weights_of(self.mapping, self.adapter, "pidiff")
 
-        from ..wplus.adapter import ResidualAttnWeights
-
-        return ResidualAttnWeights(copy.deepcopy(self.mapping).float(), copy.deepcopy(self.adapter).float(),
-                                   "pidiff", "training")
-
-    def export(self, out_dir, name, meta):
+    def export(self, name, meta):
         from safetensors.torch import save_file
 
         from .weights import FORMAT, FORMAT_VERSION, to_state_dict
 
+        out_dir = self.output_dirs["pidiff"]
         os.makedirs(out_dir, exist_ok=True)
         path = os.path.join(out_dir, f"{name}.safetensors")
-        if os.path.exists(path):
-            raise FileExistsError(f"{path} exists: choose another output name")
-        md = {"format": FORMAT, "format_version": FORMAT_VERSION, "base_model": str((meta or {}).get("base_model", "")),
-              "lambda": "0.4"}
-        md.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items() if k not in md})
+        meta_path = os.path.join(out_dir, f"{name}.json")
+        for p in (path, meta_path):
+            if os.path.exists(p):
+                raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+        md = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+        md.update({"format": FORMAT, "format_version": FORMAT_VERSION, "lambda": "0.4",
+                   "base_model": str((meta or {}).get("base_model", ""))})
         save_file(to_state_dict(self.weights()), path, metadata=md)
-        return [path]
+        with open(meta_path, "w", encoding="utf-8") as f:
+            json.dump(dict(meta or {}), f, indent=1)
+        return [{"path": path, "folder": "pidiff", "name": f"{name}.safetensors", "kind": "safetensors"},
+                {"path": meta_path, "folder": "pidiff", "name": None, "kind": "metadata"}]
 
     def preview(self, step, out_dir):
         return None
+
+
+RESULT_TYPE = "PIDIFF"
+
+
+def build_trainer(spec, base, job_dir):
+    from ...training.spec import photo_paths
+    from ..wplus.adapter import load_wplus_adapter
+
+    p = spec.params
+    files = photo_paths(spec, job_dir)
+    pixels = torch.stack([wt.load_image(f, spec.resolution) for f in files])
+    codes = wt.load_codes(job_dir, p, len(files))
+    init = load_wplus_adapter(p["init_file"]) if p.get("init_file") else None
+    return PIDiffTrainer(base.model, base.clip, base.vae, pixels, codes, init=init, batch_size=spec.batch,
+                         lr=spec.learning_rate, weight_decay=float(p.get("weight_decay", 1e-2)),
+                         drop_text=float(p.get("drop_text", 0.3)), drop_visual=float(p.get("drop_visual", 0.5)),
+                         wplus_noise=float(p.get("wplus_noise", 0.05)), pseudo_word=p.get("pseudo_word", "sks"),
+                         seed=spec.seed, device=base.device, output_dirs=spec.output_dirs,
+                         gradient_checkpointing=spec.gradient_checkpointing)
+
+
+def load_result(outputs):
+    from .weights import load_pidiff
+
+    for o in outputs:
+        if o.get("kind") == "safetensors":
+            return load_pidiff(o["path"])
+    raise FileNotFoundError("the job wrote no PIDiff file")

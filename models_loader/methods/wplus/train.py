@@ -20,121 +20,85 @@ Everything random for one micro-batch is drawn in :meth:`sample_inputs` and pass
 (see ``models_loader/training/protocol.py``).
 """
 import json
-import math
 import os
-import random as _random_module  # noqa: F401  (documentation: the official code uses python's random)
 
 import torch
 import torch.nn.functional as F
 
 from ... import patch_engine
+from ...training import diffusion
+from ...training.protocol import ADAMW_DEFAULTS
 
 # ----------------------------------------------------------------------------------------------
-# diffusion pieces shared by the pack's UNet trainers (W+ Adapter, PIDiff, PersonaMagic)
+# pieces shared by the residual-attention trainers (W+ Adapter, PIDiff); diffusion math: training.diffusion
 # ----------------------------------------------------------------------------------------------
-ADAMW = {"betas": (0.9, 0.999), "eps": 1e-8}  # torch / accelerate defaults, what every official script uses
-
-
-def alphas_cumprod(model):
-    """DDPM ᾱ_t [T] (float32) of a ComfyUI BaseModel's discrete schedule: 1 / (σ_t² + 1)."""
-    ms = model.model_sampling
-    return (1.0 / (ms.sigmas.double() ** 2 + 1.0)).float()
-
-
-def add_noise(x0, noise, t, acp):
-    """diffusers ``DDPMScheduler.add_noise``: √ᾱ_t x0 + √(1−ᾱ_t) ε."""
-    a = acp.to(x0.device)[t.long()].to(x0.dtype)
-    s1 = a.sqrt().view(-1, *[1] * (x0.dim() - 1))
-    s2 = (1 - a).sqrt().view(-1, *[1] * (x0.dim() - 1))
-    return s1 * x0 + s2 * noise
-
-
-def prediction_target(model, x0, noise, t, acp):
-    """ε for ε-prediction models, v = √ᾱ ε − √(1−ᾱ) x0 for v-prediction (SD2 768-v)."""
-    import comfy.model_base
-
-    if model.model_type == comfy.model_base.ModelType.V_PREDICTION:
-        a = acp.to(x0.device)[t.long()].to(x0.dtype).view(-1, *[1] * (x0.dim() - 1))
-        return a.sqrt() * noise - (1 - a).sqrt() * x0
-    return noise
-
-
 class LatentSource:
-    """VAE posterior of training pixels, computed once (latent caching): latent = scale·(mean + std·eps)
-    with ``eps`` a given input (``latent_dist.sample()`` of the official scripts)."""
+    """VAE posterior (mean, std) of the training pixels, computed once (latent caching); a latent is
+    ``scale · (mean + std · eps)`` with ``eps`` an input (the official ``latent_dist.sample()``)."""
 
-    def __init__(self, vae, model, pixels):
+    def __init__(self, vae, model, pixels, device="cpu"):
         """``pixels``: [N, 3, H, W] in [-1, 1] (float)."""
-        fsm = vae.first_stage_model
-        dev = next(fsm.parameters()).device
-        dtype = next(fsm.parameters()).dtype
         means, stds = [], []
-        with torch.no_grad():
-            for i in range(pixels.shape[0]):
-                z = fsm.quant_conv(fsm.encoder(pixels[i:i + 1].to(dev, dtype))) if getattr(fsm, "quant_conv", None) \
-                    is not None else fsm.encoder(pixels[i:i + 1].to(dev, dtype))
-                mean, logvar = torch.chunk(z.float(), 2, dim=1)
-                logvar = logvar.clamp(-30.0, 20.0)
-                means.append(mean.cpu())
-                stds.append(torch.exp(0.5 * logvar).cpu())
+        for i in range(pixels.shape[0]):
+            mean, std = diffusion.vae_posterior(vae, pixels[i:i + 1])
+            means.append(mean.float().to(device))
+            stds.append(std.float().to(device))
         self.mean = torch.cat(means)
         self.std = torch.cat(stds)
-        self.latent_format = model.latent_format
+        self.scale = diffusion.scale_factor(model)
 
     @property
     def shape(self):
         return tuple(self.mean.shape[1:])
 
     def latents(self, idx, eps):
-        z = self.mean[idx] + self.std[idx] * eps
-        return self.latent_format.process_in(z)
+        idx = idx.to(self.mean.device)
+        return (self.mean[idx] + self.std[idx] * eps.to(self.mean.device)) * self.scale
 
 
 class PromptEncoder:
     """Frozen text conditioning of prompt strings through ComfyUI's CLIP (exactly CLIPTextEncode), cached."""
 
-    def __init__(self, clip, model=None, size=None):
+    def __init__(self, clip, model=None, size=None, device="cpu"):
         self.clip = clip
         self.model = model
         self.size = size  # (H, W) in pixels: SDXL size conditioning
+        self.device = torch.device(device)
         self.cache = {}
 
     def __call__(self, texts):
-        """-> (context [B, L, D], y [B, adm] or None) float32 on CPU."""
+        """-> (context [B, L, D], y [B, adm] or None) float32 on the trainer's device."""
         ctx, ys = [], []
         for text in texts:
             hit = self.cache.get(text)
             if hit is None:
                 with torch.no_grad():
                     tokens = self.clip.tokenize(text)
+                    if any(len(chunks) != 1 for chunks in tokens.values()):
+                        raise ValueError(f"training prompt {text[:60]!r}... is longer than one 77-token chunk; shorten it")
                     cond, pooled = self.clip.encode_from_tokens(tokens, return_pooled=True)
                     y = None
-                    if self.model is not None and getattr(self.model, "adm_channels", 0):
+                    if self.model is not None and diffusion.needs_y(self.model):
                         h, w = self.size or (1024, 1024)
-                        y = self.model.encode_adm(pooled_output=pooled, width=w, height=h, crop_w=0, crop_h=0,
-                                                  target_width=w, target_height=h, device=torch.device("cpu"))
-                hit = (cond.float().cpu(), None if y is None else y.float().cpu())
+                        y = diffusion.sdxl_y(self.model, pooled, h, w)
+                hit = (cond.float().to(self.device), None if y is None else y.float().to(self.device))
                 self.cache[text] = hit
             ctx.append(hit[0])
             ys.append(hit[1])
-        lens = {c.shape[1] for c in ctx}
-        if len(lens) > 1:  # prompts longer than one 77-token chunk: pad with the empty prompt's rows
-            raise ValueError(f"training prompts encode to different lengths {sorted(lens)}; keep each prompt "
-                             "under 75 tokens")
         y = torch.cat(ys) if ys and ys[0] is not None else None
         return torch.cat(ctx), y
 
 
-def unet_forward(model, x_t, t, context, transformer_options, y=None):
-    """One ComfyUI UNet call on raw noisy latents and integer timesteps (= diffusers ``unet(x_t, t, c).sample``)."""
+def unet_forward(model, x_t, t, context, transformer_options, y=None, checkpointing=False):
+    """One ComfyUI UNet call on raw noisy latents and integer timesteps (= diffusers ``unet(x_t, t, c).sample``),
+    with the given transformer_options (the residual entries) and no step window."""
+    to = dict(transformer_options)
+    to.pop("sigmas", None)
     dm = model.diffusion_model
     dtype = next(dm.parameters()).dtype
-    to = dict(transformer_options)
-    to.setdefault("cond_or_uncond", [0])
-    to["sigmas"] = None  # training: no step window (every entry is active)
-    kw = {} if y is None else {"y": y.to(x_t.device, dtype)}
-    out = dm(x_t.to(dtype), timesteps=t.to(x_t.device).float(), context=context.to(x_t.device, dtype),
-             transformer_options=to, **kw)
+    with diffusion.checkpointed(dm, checkpointing):
+        out = diffusion.unet_forward(model, x_t.to(dtype), t.to(x_t.device), context.to(x_t.device, dtype),
+                                     y=None if y is None else y.to(x_t.device, dtype), transformer_options=to)
     return out.float()
 
 
@@ -387,35 +351,42 @@ def draw_drops(u, p_w, p_t, p_both):
 class WPlusAdapterTrainer:
     """Stage I (``stage=1``) or Stage II (``stage=2``) of the W+ Adapter. See the module docstring."""
 
-    method = "wplus_adapter"
+    method = "wplus"
 
     def __init__(self, model_patcher, clip, vae, pixels, examples, stage=1, init=None, batch_size=1,
-                 lr=1e-4, weight_decay=1e-2, directions=None, class_word="face", seed=0, size=None, **overrides):
+                 lr=1e-4, weight_decay=1e-2, directions=None, class_word="face", seed=0, device="cpu",
+                 output_dirs=None, gradient_checkpointing=False, **overrides):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         self.stage = stage
         self.cfg = dict(OFFICIAL[stage])
         self.cfg.update(batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay))
         self.cfg.update(overrides)
+        self.device = torch.device(device)
+        self.output_dirs = dict(output_dirs or {})
+        self.checkpointing = bool(gradient_checkpointing)
         self.patcher = model_patcher
         self.model = model_patcher.model
         self.examples = list(examples)
         if not self.examples:
             raise ValueError("no training images")
+        if len(self.examples) != pixels.shape[0]:
+            raise ValueError(f"{pixels.shape[0]} images but {len(self.examples)} examples")
         self.class_word = class_word
-        self.source = LatentSource(vae, self.model, pixels)
-        self.prompts = PromptEncoder(clip, self.model, size or tuple(pixels.shape[-2:]))
-        self.acp = alphas_cumprod(self.model)
+        self.source = LatentSource(vae, self.model, pixels, self.device)
+        self.prompts = PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
+        self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
+        self.kind = diffusion.prediction_type(self.model)
         cross = attn2_modules(self.model)[0].to_k.weight.shape[1]
         if stage == 2 and init is None:
             raise ValueError("W+ Adapter Stage II starts from a Stage I file (w_proj and adapters): give init")
         if init is not None:
             self.mapping, self.adapter = trainable_copy(init)
         else:
-            self.mapping = fresh_mapping(cross, torch.Generator().manual_seed(int(seed))).train()
-            self.adapter = adapter_from_unet(self.model).train()
-        self.mapping.requires_grad_(stage == 1)
-        self.adapter.requires_grad_(True)
+            self.mapping = fresh_mapping(cross, torch.Generator().manual_seed(int(seed)))
+            self.adapter = adapter_from_unet(self.model)
+        self.mapping.to(self.device).train().requires_grad_(stage == 1)
+        self.adapter.to(self.device).train().requires_grad_(True)
         self.transformer_options, self.holder = residual_training_options(model_patcher, self.adapter, "wplus_rca_train")
         self.plain_options = base_transformer_options(model_patcher)
         self.bank = directions
@@ -434,7 +405,7 @@ class WPlusAdapterTrainer:
         return out
 
     def optimizer_config(self):
-        return {"lr": self.cfg["lr"], "betas": ADAMW["betas"], "eps": ADAMW["eps"],
+        return {"lr": self.cfg["lr"], "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
                 "weight_decay": self.cfg["weight_decay"]}
 
     def sample_inputs(self, step, micro, generator):
@@ -453,11 +424,10 @@ class WPlusAdapterTrainer:
         texts = []
         for i in idx.tolist():
             ex = self.examples[i]
-            if self.stage == 1 or not ex.captions:
-                tpl = STAGE1_TEMPLATES[_randint(g, 0, len(STAGE1_TEMPLATES) - 1)]
-                texts.append(tpl.format(self.class_word) if self.stage == 1 else "a person")
-            else:
-                texts.append(ex.captions[_randint(g, 0, len(ex.captions) - 1)])
+            if self.stage == 1:
+                texts.append(STAGE1_TEMPLATES[_randint(g, 0, len(STAGE1_TEMPLATES) - 1)].format(self.class_word))
+            else:  # official: a random caption line of the image ("a person" when it has none)
+                texts.append(ex.captions[_randint(g, 0, len(ex.captions) - 1)] if ex.captions else "a person")
         inp["prompts"] = ["" if d else t for t, d in zip(texts, drop_t.tolist())]
         inp["drop_wplus"] = drop_w
         wplus = torch.stack([self.examples[i].wplus for i in idx.tolist()])
@@ -470,94 +440,151 @@ class WPlusAdapterTrainer:
         return inp
 
     def _tokens(self, wplus, drop):
-        w = torch.where(drop.view(-1, 1, 1), torch.zeros_like(wplus), wplus)
+        w = wplus.to(self.device)
+        w = torch.where(drop.to(self.device).view(-1, 1, 1), torch.zeros_like(w), w)
         return self.mapping(w)
 
     def loss_terms(self, inputs):
-        idx = inputs["index"]
-        x0 = self.source.latents(idx, inputs["vae_eps"])
-        t = inputs["timesteps"]
-        noise = inputs["noise"]
-        x_t = add_noise(x0, noise, t, self.acp)
-        target = prediction_target(self.model, x0, noise, t, self.acp)
+        dev = self.device
+        x0 = self.source.latents(inputs["index"], inputs["vae_eps"])
+        t = inputs["timesteps"].to(dev).long()
+        noise = inputs["noise"].to(dev)
+        x_t = diffusion.add_noise(self.acp, x0, noise, t)
+        target = diffusion.target(self.kind, self.acp, x0, noise, t)
         ctx, y = self.prompts(inputs["prompts"])
         self.holder.tokens = self._tokens(inputs["wplus"], inputs["drop_wplus"])
-        self.holder.strength = 1.0
-        pred = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y)
-        rec = F.mse_loss(pred, target.float(), reduction="mean")
+        pred = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
+        rec = F.mse_loss(pred.float(), target.float(), reduction="mean")
         if self.stage == 1:
+            self.holder.tokens = None
             return {"loss": rec, "mse": rec}
         with torch.no_grad():
-            self.holder.tokens = self.mapping(inputs["wplus_aug"])
+            self.holder.tokens = self.mapping(inputs["wplus_aug"].to(dev))
             pred_aug = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y)
-            pred_now = unet_forward(self.model, x_t, t, ctx, self.plain_options, y)  # λ = 0
+            pred_now = unet_forward(self.model, x_t, t, ctx, self.plain_options, y)  # λ = 0: no residual
         self.holder.tokens = None
-        m = inputs["region"]
-        disen = F.mse_loss(pred_aug * m, pred * m, reduction="mean")
-        pres = F.mse_loss(pred_now, pred, reduction="mean")
+        m = inputs["region"].to(dev)
+        disen = F.mse_loss(pred_aug.float() * m, pred.float() * m, reduction="mean")
+        pres = F.mse_loss(pred_now.float(), pred.float(), reduction="mean")
         loss = rec + self.cfg["lambda_disen"] * disen + self.cfg["lambda_preserve"] * pres
         return {"loss": loss, "mse": rec, "disentangle": disen, "preserve": pres}
 
     def weights(self):
-        """The current state as inference weights (ResidualAttnWeights, frozen copies)."""
-        import copy
+        """The current state as inference weights (ResidualAttnWeights over frozen CPU copies)."""
+        return weights_of(self.mapping, self.adapter, "wplus_adapter")
 
-        from .adapter import ResidualAttnWeights
-
-        return ResidualAttnWeights(copy.deepcopy(self.mapping).float(), copy.deepcopy(self.adapter).float(),
-                                   "wplus_adapter", "training")
-
-    def export(self, out_dir, name, meta):
-        from safetensors.torch import save_file
-
-        from .adapter import to_official_dicts
-
-        dicts = to_official_dicts(self.weights())
-        os.makedirs(out_dir, exist_ok=True)
-        bin_path = os.path.join(out_dir, f"{name}.bin")
-        st_path = os.path.join(out_dir, f"{name}.safetensors")
-        for p in (bin_path, st_path):
-            if os.path.exists(p):
-                raise FileExistsError(f"{p} exists: choose another output name")
-        torch.save(dicts, bin_path)
-        flat = {f"w_proj.{k}": v.float().contiguous() for k, v in dicts["w_proj"].items()}
-        flat.update({f"wplus_adapter.{k}": v.float().contiguous() for k, v in dicts["wplus_adapter"].items()})
-        md = {"method": "wplus_adapter", "stage": str(self.stage)}
-        md.update({k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()})
-        save_file(flat, st_path, metadata=md)
-        return [bin_path, st_path]
+    def export(self, name, meta):
+        return export_wplus(self.weights(), name, meta, self.output_dirs, self.stage)
 
     def preview(self, step, out_dir):
         return None
 
 
+def weights_of(mapping, adapter, kind):
+    import copy
+
+    from .adapter import ResidualAttnWeights
+
+    return ResidualAttnWeights(copy.deepcopy(mapping).float().cpu(), copy.deepcopy(adapter).float().cpu(), kind, "training")
+
+
+def _meta_text(meta):
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+
+
+def export_wplus(weights, name, meta, output_dirs, stage):
+    """Official ``wplus_adapter.bin`` layout (``<name>.bin``) + safetensors (``<name>.safetensors``) + ``.json``."""
+    from safetensors.torch import save_file
+
+    from .adapter import to_official_dicts
+
+    out_dir = output_dirs["wplus"]
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{name}{ext}") for ext in (".bin", ".safetensors", ".json")]
+    for p in paths:
+        if os.path.exists(p):
+            raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+    dicts = to_official_dicts(weights)
+    torch.save(dicts, paths[0])
+    flat = {f"w_proj.{k}": v.float().contiguous() for k, v in dicts["w_proj"].items()}
+    flat.update({f"wplus_adapter.{k}": v.float().contiguous() for k, v in dicts["wplus_adapter"].items()})
+    save_file(flat, paths[1], metadata=dict(_meta_text(meta), format="wplus_adapter", stage=str(stage)))
+    with open(paths[2], "w", encoding="utf-8") as f:
+        json.dump(dict(meta or {}, stage=stage), f, indent=1)
+    return [{"path": paths[0], "folder": "wplus", "name": f"{name}.bin", "kind": "official"},
+            {"path": paths[1], "folder": "wplus", "name": f"{name}.safetensors", "kind": "safetensors"},
+            {"path": paths[2], "folder": "wplus", "name": None, "kind": "metadata"}]
+
+
+# ----------------------------------------------------------------------------------------------
+# job files -> trainer (worker side)
+# ----------------------------------------------------------------------------------------------
+RESULT_TYPE = "WPLUS_ADAPTER"
+WPLUS_FILE = "wplus_codes.safetensors"  # in the job dir: {"wplus": [N, 18, 512]} (one code per photo)
+
+
+def load_image(path, resolution):
+    """RGB, PIL bilinear resize to resolution² (torchvision ``Resize`` of the official scripts), [-1, 1] CHW."""
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("RGB").resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
+    return torch.from_numpy(arr / 127.5 - 1.0).permute(2, 0, 1)
+
+
+def load_mask(path, resolution):
+    import numpy as np
+    from PIL import Image
+
+    with Image.open(path) as im:
+        arr = np.asarray(im.convert("L").resize((resolution, resolution), Image.BILINEAR), dtype=np.float32)
+    return torch.from_numpy(arr / 255.0)
+
+
+def load_codes(job_dir, params, n):
+    from safetensors.torch import load_file
+
+    path = os.path.join(job_dir, params.get("wplus_file", WPLUS_FILE))
+    w = load_file(path)["wplus"].float().reshape(-1, 18, 512)
+    if w.shape[0] != n:
+        raise ValueError(f"{path}: {w.shape[0]} W+ codes for {n} photos (one per photo expected)")
+    return w
+
+
+def build_trainer(spec, base, job_dir):
+    from ...training.spec import photo_paths
+    from .adapter import load_wplus_adapter
+
+    p = spec.params
+    stage = int(p.get("stage", 1))
+    files = photo_paths(spec, job_dir)
+    pixels = torch.stack([load_image(f, spec.resolution) for f in files])
+    codes = load_codes(job_dir, p, len(files))
+    masks = [load_mask(m if os.path.isabs(m) else os.path.join(job_dir, m), spec.resolution) for m in spec.masks] \
+        if spec.masks else [None] * len(files)
+    captions = p.get("captions") or [[] for _ in files]
+    examples = [Example(codes[i], captions[i], masks[i], os.path.basename(files[i])) for i in range(len(files))]
+    init = load_wplus_adapter(p["init_file"]) if p.get("init_file") else None
+    bank = DirectionBank.from_folder(p["directions_dir"]) if stage == 2 else None
+    return WPlusAdapterTrainer(base.model, base.clip, base.vae, pixels, examples, stage=stage, init=init,
+                               batch_size=spec.batch, lr=spec.learning_rate,
+                               weight_decay=float(p.get("weight_decay", 1e-2)), directions=bank,
+                               class_word=p.get("class_word", "face"), seed=spec.seed, device=base.device,
+                               output_dirs=spec.output_dirs, gradient_checkpointing=spec.gradient_checkpointing,
+                               lambda_disen=float(p.get("lambda_disen", 2.0)),
+                               lambda_preserve=float(p.get("lambda_preserve", 1.0)))
+
+
+def load_result(outputs):
+    from .adapter import load_wplus_adapter
+
+    for o in outputs:
+        if o.get("kind") == "safetensors":
+            return load_wplus_adapter(o["path"])
+    raise FileNotFoundError("the job wrote no W+ Adapter file")
+
+
 __all__ = ["WPlusAdapterTrainer", "Example", "DirectionBank", "augment_wplus", "erode_blur", "draw_drops",
-           "alphas_cumprod", "add_noise", "LatentSource", "PromptEncoder", "unet_forward", "attn2_modules",
-           "adapter_from_unet", "residual_training_options", "math"]
-
-
-# ----------------------------------------------------------------------------------------------
-# one optimiser step as a plain function (tests and benches; the job engine's loop does the same)
-# ----------------------------------------------------------------------------------------------
-def make_optimizer(trainer):
-    """AdamW over ``trainer.trainable()`` with ``trainer.optimizer_config()`` (the official hyper-parameters)."""
-    cfg = trainer.optimizer_config()
-    return torch.optim.AdamW(list(trainer.trainable().values()), lr=cfg["lr"], betas=tuple(cfg["betas"]),
-                             eps=cfg["eps"], weight_decay=cfg["weight_decay"])
-
-
-def one_step(trainer, micro_inputs, optimizer):
-    """One optimiser step over the given micro-batches (loss / n each, as accelerate's accumulation):
-    -> (mean loss terms, {name: gradient before the step}, {name: tensor after the step})."""
-    params = trainer.trainable()
-    optimizer.zero_grad(set_to_none=True)
-    n = len(micro_inputs)
-    totals = {}
-    for inp in micro_inputs:
-        terms = trainer.loss_terms(inp)
-        (terms["loss"] / n).backward()
-        for k, v in terms.items():
-            totals[k] = totals.get(k, 0.0) + v.detach().float() / n
-    grads = {k: (p.grad.detach().clone() if p.grad is not None else torch.zeros_like(p)) for k, p in params.items()}
-    optimizer.step()
-    return totals, grads, {k: p.detach().clone() for k, p in params.items()}
+           "LatentSource", "PromptEncoder", "unet_forward", "attn2_modules", "adapter_from_unet",
+           "residual_training_options", "build_trainer", "load_result", "RESULT_TYPE"]
