@@ -1,7 +1,9 @@
 """AdaFace: ArcFace embedding -> identity tokens inserted into the prompt under a trigger word."""
 from ._common import category
-from ..models_loader import paths, safe_load, textspace
+from ..models_loader import paths, textspace
+from ..models_loader.face import embed as face_embed
 from ..models_loader.methods.adaface import load as ada_load
+from ..models_loader.methods.registry import method
 
 ADAFACE = "ADAFACE"
 _NONE = "(none)"
@@ -31,15 +33,17 @@ class FP_LoadAdaFace:
                 "adaface_file": (files, {"tooltip": "AdaFace checkpoint in models/adaface (official .pt/.ckpt or pack .safetensors)."}),
                 "arc2face_encoder": ([_NONE] + _files("adaface"), {"tooltip": "Arc2Face text encoder (arc2face/encoder/"
                                      "model.safetensors) in models/adaface; '(none)' if the AdaFace file contains it."}),
-                "layer_weights": (["official", "checkpoint"], {"tooltip": "Weights of the last 3 inverter layers: 'official' = "
-                                  "[1, 2, 4] as the official loader re-initialises them; 'checkpoint' = the learned values in the file."}),
+                "layer_weights": (list(ada_load.LAYER_WEIGHT_MODES), {"default": "checkpoint", "tooltip":
+                                  "Weights of the last 3 inverter layers: 'checkpoint' = the learned values stored in the "
+                                  "file (the official loader); 'reset_1_2_4' = [1, 2, 4], only for old single-encoder "
+                                  "checkpoints, as the official code patches those."}),
             },
         }
 
     def execute(self, adaface_file, arc2face_encoder, layer_weights):
         path = paths.resolve("adaface", adaface_file)
         arc = None if arc2face_encoder == _NONE else paths.resolve("adaface", arc2face_encoder)
-        return (ada_load.load_adaface(path, arc, layer_weights=layer_weights),)
+        return (method("adaface").load(path, arc, layer_weights=layer_weights),)
 
 
 class AdaFaceInvert:
@@ -75,16 +79,15 @@ class AdaFaceInvert:
     def execute(self, clip, adaface, trigger_word, id_cfg_scale, face_embeds=None, embeds_file=_NONE):
         textspace.check_trigger(trigger_word)
         if face_embeds is not None:
-            faces = ada_load.load_face_embeds(face_embeds, "face_embeds input")
+            faces = face_embed.as_face_embeds(face_embeds, "face_embeds input")
         elif embeds_file and embeds_file != _NONE:
             path = paths.resolve("face_embeds", embeds_file)
-            faces = ada_load.load_face_embeds(safe_load.load_file(path), embeds_file)
+            faces = face_embed.load_embeds(path)
         else:
             raise ValueError("AdaFaceInvert needs face embeddings: connect face_embeds or choose an embeds_file "
                              "(models/face_embeds)")
-        tokens = adaface.encode(faces, cfg_scale=id_cfg_scale)
-        return textspace.apply_identity(clip, trigger_word, {"clip_l": tokens}, "adaface",
-                                        what="AdaFace identity (768-d, SD1.x)")
+        patched = method("adaface").build(None, clip, adaface, trigger_word, faces, id_cfg_scale)
+        return (patched.clip, patched.identity)
 
 
 NODE_CLASS_MAPPINGS = {"FP_LoadAdaFace": FP_LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}

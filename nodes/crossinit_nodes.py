@@ -3,7 +3,7 @@ import os
 
 from ._common import category
 from ..models_loader import paths, textspace
-from ..models_loader.methods.crossinit import core
+from ..models_loader.methods.registry import method
 
 IDENTITY = "IDENTITY_EMBEDDING"
 _TRIGGER_TIP = ("Word to type in your prompts (e.g. 'a photo of <face> person'); it is replaced by the identity "
@@ -53,9 +53,9 @@ class CrossInitEmbedding:
 
     def execute(self, clip, trigger_word, names_file=""):
         textspace.check_trigger(trigger_word)  # before the 691-name encode
-        names = core.load_names(names_file.strip() or None)
-        vectors = core.cross_init_vectors(clip, names)
-        return textspace.apply_identity(clip, trigger_word, vectors, "crossinit", what="cross-init embedding")
+        ci = method("crossinit")
+        patched = ci.build(None, clip, ci.load(names_file.strip() or None), trigger_word)
+        return (patched.clip, patched.identity)
 
 
 class FP_LoadIdentityEmbedding:

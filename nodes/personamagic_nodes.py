@@ -5,7 +5,7 @@ from ._common import category
 from ..models_loader import paths
 from ..models_loader.methods.personamagic import checkpoint as pm_ckpt
 from ..models_loader.methods.personamagic import reference as pm_reference
-from ..models_loader.methods.personamagic import staged as pm_staged
+from ..models_loader.methods.registry import method
 
 CAT = category("personamagic")
 
@@ -29,7 +29,7 @@ class FP_LoadPersonaMagic:
                    "pack's safetensors format. The learned_embeds-steps-N.bin file is not needed.")
 
     def load(self, mapper_name):
-        return (pm_ckpt.load_mapper(paths.resolve("personamagic", mapper_name)),)
+        return (method("personamagic").load(paths.resolve("personamagic", mapper_name)),)
 
 
 class StageRegulatedTI:
@@ -79,9 +79,9 @@ class StageRegulatedTI:
 
     def apply(self, model, clip, mapper, text, trigger, clip_vision_output=None, class_word="", t_high=800.0,
               t_low=400.0):
-        m, cond, _ = pm_staged.apply_stage_regulated_ti(model, clip, mapper, text, trigger, clip_vision_output,
-                                                       class_word, t_high, t_low)
-        return (m, cond)
+        patched = method("personamagic").build(model, clip, mapper, text, trigger, clip_vision_output, class_word,
+                                               t_high, t_low)
+        return (patched.model, patched.positive)
 
 
 class FP_PersonaMagicReferenceEncode:

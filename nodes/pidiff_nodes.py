@@ -19,9 +19,9 @@ class FP_LoadPIDiff:
                    "models_loader/methods/pidiff/weights.py; official W+ Adapter weights load too.")
 
     def load(self, pidiff_name):
-        from ..models_loader.methods.pidiff import load_pidiff
+        from ..models_loader.methods.registry import method
 
-        return (load_pidiff(paths.resolve("pidiff", pidiff_name)),)
+        return (method("pidiff_sca").load(paths.resolve("pidiff", pidiff_name)),)
 
 
 class FP_ApplyStyleCrossAttention:
@@ -53,10 +53,10 @@ class FP_ApplyStyleCrossAttention:
                    "W+ visual tokens F(w+). Same engine as the W+ Adapter (chains with other attention patches).")
 
     def apply(self, model, pidiff, wplus, strength, start_percent, end_percent, attn_mask=None):
-        from ..models_loader.methods.wplus.attention import apply_residual_cross_attention
+        from ..models_loader.methods.registry import method
 
-        return (apply_residual_cross_attention(model, pidiff, wplus, strength, start_percent, end_percent,
-                                               attn_mask),)
+        return (method("pidiff_sca").build(model, None, pidiff, wplus, strength, start_percent, end_percent,
+                                           attn_mask).model,)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -21,9 +21,9 @@ class FP_LoadWPlusAdapter:
                    "loaded without executing pickled code.")
 
     def load(self, adapter_name):
-        from ..models_loader.methods.wplus.adapter import load_wplus_adapter
+        from ..models_loader.methods.registry import method
 
-        return (load_wplus_adapter(paths.resolve("wplus", adapter_name)),)
+        return (method("wplus_rca").load(paths.resolve("wplus", adapter_name)),)
 
 
 class ApplyResidualCrossAttention:
@@ -59,10 +59,10 @@ class ApplyResidualCrossAttention:
                    "other attention patches (IPAdapter, PIDiff, another identity) instead of replacing them.")
 
     def apply(self, model, wplus_adapter, wplus, strength, start_percent, end_percent, attn_mask=None):
-        from ..models_loader.methods.wplus.attention import apply_residual_cross_attention
+        from ..models_loader.methods.registry import method
 
-        return (apply_residual_cross_attention(model, wplus_adapter, wplus, strength, start_percent, end_percent,
-                                               attn_mask),)
+        return (method("wplus_rca").build(model, None, wplus_adapter, wplus, strength, start_percent, end_percent,
+                                          attn_mask).model,)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -283,9 +283,10 @@ def trigger_slots(clip, text, trigger, n):
 
 
 def slot_layout(chunks, fill=0):
-    """(ids [C, L] long, weights [C, L] float, slots [(chunk, position, k)]) of :func:`trigger_slots`'
-    chunks for one encoder; slot positions hold ``fill`` in ``ids``."""
-    ids, weights, slots = [], [], []
+    """(ids [C, L] long, weights [C, L] float, slots [(chunk, position, k)], inline [(chunk, position, tensor)])
+    of :func:`trigger_slots`' chunks for one encoder: ``slots`` are the trigger's rows, ``inline`` other tensor
+    tokens already in the prompt (another method's trigger, ``embedding:`` files); both hold ``fill`` in ``ids``."""
+    ids, weights, slots, inline = [], [], [], []
     for c, chunk in enumerate(chunks):
         row_ids, row_w = [], []
         for p, item in enumerate(chunk):
@@ -294,11 +295,13 @@ def slot_layout(chunks, fill=0):
                 slots.append((c, p, int(y[1])))
                 row_ids.append(fill)
             elif torch.is_tensor(y):
-                raise TokenEmbeddingError("the prompt holds another inline embedding next to the trigger word; "
-                                          "this method supports plain words and its own trigger only")
+                inline.append((c, p, y))
+                row_ids.append(fill)
+            elif isinstance(y, dict):
+                raise TokenEmbeddingError("the prompt holds a special embedding this method cannot encode")
             else:
                 row_ids.append(int(y))
             row_w.append(float(item[1]) if len(item) > 1 else 1.0)
         ids.append(row_ids)
         weights.append(row_w)
-    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32), slots
+    return torch.tensor(ids, dtype=torch.long), torch.tensor(weights, dtype=torch.float32), slots, inline

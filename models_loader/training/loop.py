@@ -170,6 +170,9 @@ def restore(trainer, optimizer, state):
     return int(state["step"])
 
 
+SIGNALS = _Signals()  # one per process: run.py installs it before loading models
+
+
 class Loop:
     """Runs ``spec.steps`` optimiser steps of ``trainer`` with files in ``job_dir``."""
 
@@ -180,7 +183,7 @@ class Loop:
         self.dist = dist or Distributed()
         self.id_scorer = id_scorer
         self.parent_pid = parent_pid
-        self.signals = _Signals().install()
+        self.signals = SIGNALS.install()
         self.optimizer = make_optimizer(trainer)
         self.scaler = (torch.amp.GradScaler("cuda") if spec.precision == "fp16" and self.device.type == "cuda" else None)
         self.best = jobfiles.read_status(job_dir).get("best_id_score")

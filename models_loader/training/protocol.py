@@ -50,7 +50,16 @@ The rules
   in its checkpoint (e.g. EMA); loaded with ``weights_only=True``, so tensors/numbers/str/lists only.
 
 Gradient checkpointing / latent caching / precision are in ``spec`` (``gradient_checkpointing``,
-``cache_latents``, ``precision``); a trainer honours the first two (helpers: :func:`.unet.checkpointed`).
+``cache_latents``, ``precision``); a trainer honours the first two (helpers in :mod:`.diffusion`: ``checkpointed`` (per-block UNet
+checkpointing), ``vae_posterior``, ``add_noise``, ``target``, ``unet_forward``, ``sdxl_y``; text encoding with
+gradients: :mod:`.text_forward` or core's :mod:`..textspace.encoder`).
+
+FP_TrainingResult outputs ``load_result(status["outputs"])`` as its ``trained`` socket (type ``*``); declare
+``RESULT_TYPE`` so nodes/docs know what it is (``IDENTITY_EMBEDDING``, ``PERSONAMAGIC_MAPPER``,
+``WPLUS_ADAPTER``, ``PIDIFF``). A method's training node builds a :class:`.spec.JobSpec` (see
+``training_nodes/nodes.py`` FP_TrainCrossInit for the pattern: validate, write photos into the job dir,
+``JobManager.get().submit(spec, job_dir, pause_while_generating)``) and returns the ``FP_TRAINING_JOB``
+dict ``{"job_id", "method", "name", "job_dir"}``.
 """
 import dataclasses
 from typing import Any, Dict, List, Optional, Protocol

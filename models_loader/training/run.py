@@ -76,6 +76,9 @@ def run_job(job_dir, parent_pid=None):
     from . import jobfiles, registry
     from .spec import JobSpec
 
+    from .loop import SIGNALS
+
+    SIGNALS.install()  # a SIGTERM while models load still ends in a checkpoint-less, resumable stop
     job_dir = os.path.abspath(job_dir)
     spec = JobSpec.load(job_dir)
     _setup_comfy(spec)

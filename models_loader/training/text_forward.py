@@ -17,7 +17,7 @@ import torch
 
 def encoders(clip):
     """[(embedding_key, tokens dict key, SDClipModel)] of a ComfyUI CLIP (SD1 ``l``, SD2 ``h``, SDXL ``l`` + ``g``)."""
-    from ..clip_tokens import _sub_tokenizers
+    from ..textspace.trigger import sub_tokenizers as _sub_tokenizers
 
     out = []
     for _, tok in _sub_tokenizers(clip.tokenizer):

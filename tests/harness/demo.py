@@ -20,6 +20,70 @@ PREFERRED = ["wplus_basic", "adaface_from_photo", "adaface_basic", "crossinit_ba
              "faces_detect_align"]
 
 
+TRAIN_PHOTOS = ("celebahq_28017.jpg",)
+
+
+def start_training(srv, home):
+    """Queue a CrossInit (fast recipe, few steps at 64 px on the tiny model) from the shared photos; it trains in
+    the background while the example workflows run."""
+    import os
+
+    shared = Path(os.environ.get("FP_SHARED", REPO.parent / "shared")) / "data" / "faces"
+    if not all((shared / f).is_file() for f in TRAIN_PHOTOS):
+        print(f"[demo] training skipped: no shared photos in {shared}", flush=True)
+        return None
+    photos = home / "input" / "demo_train_photos"
+    photos.mkdir(parents=True, exist_ok=True)
+    for f in TRAIN_PHOTOS:
+        shutil.copyfile(shared / f, photos / f)
+    name = f"demo_face_{int(time.time())}"
+    ckpt = next(k for k in srv.input_types("CheckpointLoaderSimple")["required"]["ckpt_name"][0] if "sd15" in k)
+    prompt = {"det": {"class_type": "FP_OfflineFaceDetector", "inputs": {"det_thresh": 0.5, "max_faces": 10}},
+              "train": {"class_type": "FP_TrainCrossInit", "inputs": {
+                  "ckpt_name": ckpt, "face_analysis": ["det", 0], "name": name, "trigger_word": "<face>",
+                  "preset": "custom", "steps": 10, "learning_rate": 0.08, "batch_size": 2, "grad_accum": 1,
+                  "resolution": 64, "seed": 0, "precision": "fp32", "gradient_checkpointing": False,
+                  "cache_latents": True, "checkpoint_every": 5, "preview_every": 0, "if_no_face": "error",
+                  "pause_while_generating": False, "mode": "run", "photo_folder": str(photos)}}}
+    try:
+        outputs = srv.run(prompt)
+    except Exception as exc:
+        print(f"[demo] training: FAILED to submit: {exc}", flush=True)
+        return None
+    job_id = outputs["train"]["text"][0].split()[2]
+    print(f"[demo] training job {job_id} queued (CrossInit, background) while the workflows run", flush=True)
+    srv.demo_train_name, srv.demo_train_ckpt = name, ckpt
+    return job_id
+
+
+def finish_training(srv, job_id, images_dir, timeout=1800):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = srv.get_json(f"/fp/training/jobs/{job_id}")
+        if job["status"] in ("done", "failed", "cancelled"):
+            break
+        time.sleep(1)
+    print(f"[demo] training job {job_id}: {job['status']} at step {job.get('step')}/{job.get('total')}; "
+          f"folder {job['job_dir']}; loss curve {job['job_dir']}/loss.jsonl", flush=True)
+    if job["status"] != "done":
+        print(f"[demo] training: FAILED: {job.get('error')}", flush=True)
+        return False
+    from harness.graphs import txt2img
+
+    p = txt2img(srv.demo_train_ckpt, text="a photo of <face> person", prefix="trained_crossinit")
+    p["ident"] = {"class_type": "FP_LoadIdentityEmbedding", "inputs": {
+        "clip": ["ckpt", 1], "embedding_file": f"crossinit/{srv.demo_train_name}/learned_embeds.bin", "trigger_word": "<face>"}}
+    p["pos"]["inputs"]["clip"] = ["ident", 0]
+    outputs = srv.run(p)
+    for node_out in outputs.values():
+        for item in node_out.get("images", []):
+            src = srv.home / item.get("type", "output") / item.get("subfolder", "") / item["filename"]
+            if src.exists():
+                shutil.copyfile(src, images_dir / f"trained_crossinit__{item['filename']}")
+    print(f"[demo] generated with the trained identity crossinit/{srv.demo_train_name}", flush=True)
+    return True
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("--out", default=str(REPO / "demo_output"), help="where the images go")
@@ -45,6 +109,7 @@ def main():
     failures = []
     with ComfyServer(home) as srv:
         print(f"[demo] ComfyUI at {srv.url} (log: {srv.log_path})", flush=True)
+        job_id = start_training(srv, home)
         for name in names:
             t = time.monotonic()
             ui = workflow.load(REPO / "workflows" / f"{name}.json")
@@ -68,6 +133,8 @@ def main():
                         shutil.copyfile(src, images_dir / f"{name}__{item['filename']}")
                         count += 1
             print(f"[demo] {name}: {count} image(s) in {time.monotonic() - t:.1f}s", flush=True)
+        if job_id and not finish_training(srv, job_id, images_dir):
+            failures.append("training")
     print(f"[demo] done in {time.monotonic() - t0:.1f}s; images in {images_dir}")
     return 1 if failures else 0
 

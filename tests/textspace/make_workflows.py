@@ -14,9 +14,12 @@ sys.path.insert(0, str(HERE.parent))
 from harness import workflow  # noqa: E402
 from harness.graphs import txt2img  # noqa: E402
 
-CKPT = "tiny_sd15-v1.safetensors"
-ADA = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt",
-                                               "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+from fixtures import tiny  # noqa: E402
+
+CKPT = tiny.file_name("sd15")
+ADA = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": tiny.file_name("adaface_pt"),
+                                               "arc2face_encoder": tiny.file_name("adaface_arc2face"),
+                                               "layer_weights": "checkpoint"}}
 
 
 def _ada_invert(clip):

@@ -15,8 +15,10 @@ def ada(comfy, adaface_files):
     from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.adaface import load
 
-    return {lw: load.load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")), layer_weights=lw)
-            for lw in ("official", "checkpoint")}
+    out = {lw: load.load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")), layer_weights=lw)
+           for lw in ("reset_1_2_4", "checkpoint")}
+    out["default"] = load.load_adaface(str(tiny.ensure("adaface_pt")), str(tiny.ensure("adaface_arc2face")))
+    return out
 
 
 _REF = {}
@@ -73,11 +75,26 @@ def _reference_forward(tok, arc, inv, gen, gsd, face, layer_weights, cfg_scale):
     return out, gsd["hidden_state_layer_weights"]
 
 
-@pytest.mark.parametrize("lw", ["official", "checkpoint"])
+def test_default_is_the_checkpoints_own_layer_weights(ada, face_embed):
+    """Official joint loader: strict load_state_dict keeps the learned hidden-state layer weights. The
+    [1, 2, 4] reset (single-encoder patch path) moves the tokens, so a reset default fails here."""
+    from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
+
+    ref, _ = _reference_tokens(face_embed, torch.tensor(CKPT_LAYER_WEIGHTS))
+    reset, _ = _reference_tokens(face_embed, torch.tensor([[1.0], [2.0], [4.0]]))
+    ours = ada["default"].encode(face_embed)
+    assert (ours - ref).abs().max().item() <= 1e-4
+    assert (ours - reset).abs().max().item() > 1e-3  # the reset is distinguishable on this checkpoint
+    from comfyui_face_personalization.nodes.adaface_nodes import FP_LoadAdaFace
+
+    assert FP_LoadAdaFace.INPUT_TYPES()["required"]["layer_weights"][1]["default"] == "checkpoint"
+
+
+@pytest.mark.parametrize("lw", ["reset_1_2_4", "checkpoint"])
 def test_tokens_match_reference(ada, face_embed, lw):
     from fixtures.tiny.textspace import CKPT_LAYER_WEIGHTS
 
-    weights = torch.tensor([[1.0], [2.0], [4.0]]) if lw == "official" else torch.tensor(CKPT_LAYER_WEIGHTS)
+    weights = torch.tensor([[1.0], [2.0], [4.0]]) if lw == "reset_1_2_4" else torch.tensor(CKPT_LAYER_WEIGHTS)
     ref, stored = _reference_tokens(face_embed, weights)
     assert torch.equal(stored.float(), torch.tensor(CKPT_LAYER_WEIGHTS))
     ours = ada[lw].encode(face_embed)
@@ -101,7 +118,7 @@ def test_averaging_of_several_faces(ada, face_embed):
     other = torch.load("/work/shared/data/adaface/mean_emb_jenniferlawrence.pt", map_location="cpu", weights_only=True).float()
     both = torch.cat([face_embed, other])
     mean = F.normalize(F.normalize(both, dim=-1).mean(0, keepdim=True), dim=-1)
-    assert torch.allclose(ada["official"].encode(both), ada["official"].encode(mean), atol=1e-5)
+    assert torch.allclose(ada["default"].encode(both), ada["default"].encode(mean), atol=1e-5)
 
 
 class _Evil:
@@ -130,20 +147,24 @@ def test_malicious_pickle_refused(tmp_path, comfy):
 
 def test_wrong_inputs(ada, load_ckpt, tiny_sd2, comfy):
     from comfyui_face_personalization.models_loader import textspace
-    from comfyui_face_personalization.models_loader.methods.adaface import load
+    from comfyui_face_personalization.models_loader.face import embed
 
     with pytest.raises(ValueError, match="512"):
-        load.load_face_embeds(torch.randn(1, 768))
+        embed.as_face_embeds(torch.randn(1, 768))
     _, clip2, _ = load_ckpt(tiny_sd2)
     with pytest.raises(textspace.TokenEmbeddingError, match="1024"):
-        comfy.node_classes["AdaFaceInvert"]().execute(clip2, ada["official"], "<ada>", 1.0, face_embeds=torch.randn(1, 512))
+        comfy.node_classes["AdaFaceInvert"]().execute(clip2, ada["default"], "<ada>", 1.0, face_embeds=torch.randn(1, 512))
 
 
 def _graph(ckpt, text, extra=None, batch=1, controlnet=None, image=None, prefix="fp_ada"):
     from harness.graphs import txt2img
 
     p = txt2img(ckpt, text=text, negative="blurry", batch=batch, prefix=prefix)
-    p["la"] = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": "tiny_adaface-v2.pt", "arc2face_encoder": "tiny_arc2face_encoder-v1.safetensors", "layer_weights": "official"}}
+    from fixtures import tiny
+
+    p["la"] = {"class_type": "FP_LoadAdaFace", "inputs": {"adaface_file": tiny.file_name("adaface_pt"),
+                                                         "arc2face_encoder": tiny.file_name("adaface_arc2face"),
+                                                         "layer_weights": "checkpoint"}}
     p["inv"] = {"class_type": "AdaFaceInvert", "inputs": {"clip": ["ckpt", 1], "adaface": ["la", 0], "trigger_word": "<ada>",
                                                           "id_cfg_scale": 1.0, "embeds_file": "mean_emb_keanureeves.pt"}}
     p["pos"]["inputs"]["clip"] = ["inv", 0]
@@ -188,11 +209,13 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
         assert "MODEL" not in spec.RETURN_TYPES
         assert all(v[0] != "MODEL" for g in spec.INPUT_TYPES().values() for v in g.values())
     opts_before = repr(model.model_options)
-    patched, ident = comfy.node_classes["AdaFaceInvert"]().execute(clip, ada["official"], "<ada>", 1.0, face_embeds=face_embed)
+    patched, ident = comfy.node_classes["AdaFaceInvert"]().execute(clip, ada["default"], "<ada>", 1.0, face_embeds=face_embed)
     pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
     neg = nodes.CLIPTextEncode().encode(patched, "blurry")[0]
     # the inline tokens are exactly the AdaFace output at the trigger position
-    assert torch.equal(ident["vectors"]["clip_l"], ada["official"].encode(face_embed))
+    from comfyui_face_personalization.models_loader.face.embed import as_face_embeds
+
+    assert torch.equal(ident["vectors"]["clip_l"], ada["default"].encode(as_face_embeds(face_embed)))
     seen = []
 
     def wrapper(apply_model, args):

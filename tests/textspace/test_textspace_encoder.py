@@ -20,7 +20,7 @@ def _ours(clip, text, trigger=None, vectors=None):
         layouts = trig.trigger_slots(clip, text, trigger, n)
     ctx, pooled = [], None
     for key, enc in encs.items():
-        ids, weights, slots = trig.slot_layout(layouts[key])
+        ids, weights, slots, _ = trig.slot_layout(layouts[key])
         assert torch.all(weights == 1)
         embeds = enc.token_embeddings(ids)
         if slots:
@@ -74,7 +74,7 @@ def test_gradients_reach_inserted_vectors(load_ckpt, tiny_sd15):
     _, clip, _ = load_ckpt(tiny_sd15)
     enc = textspace.TextEncoder.of_clip(clip)["clip_l"]
     vec = torch.nn.Parameter(torch.randn(2, enc.width) * 0.02)
-    ids, _, slots = trig.slot_layout(trig.trigger_slots(clip, "a photo of <me>", "<me>", 2)["clip_l"])
+    ids, _, slots, _ = trig.slot_layout(trig.trigger_slots(clip, "a photo of <me>", "<me>", 2)["clip_l"])
     embeds = textspace.insert_rows(enc.token_embeddings(ids), [(c, p) for c, p, _ in slots],
                                    vec[[k for _, _, k in slots]])
     enc(embeds).context.square().mean().backward()

@@ -205,7 +205,7 @@ def test_encode_images_mask_chunks_and_average(comfy):
     torch.testing.assert_close(out, ref)
     mean = e4e.encode_images(enc, img, mask=mask, average_batch=True)
     torch.testing.assert_close(mean, ref.mean(0, keepdim=True))
-    with pytest.raises(ValueError, match="mask batch"):
+    with pytest.raises(ValueError, match="masks for 3 images"):
         e4e.encode_images(enc, img, mask=torch.ones(2, 64, 64))
     with pytest.raises(ValueError, match="E4E_ENCODER"):
         e4e.encode_images(object(), img)

@@ -48,7 +48,11 @@ ALLOWED_PREFIXES = ["torch.nn.modules."]
 INERT_FUNCTIONS = ["ftfy.fix_text", "regex._regex.compile", "adaface.util.gen_gradient_scaler"]
 
 ARC2FACE_INDEX_IN_JOINT = 1  # the joint checkpoint's "z" ModuleList is [consistentID, arc2face]
-OFFICIAL_LAYER_WEIGHTS = torch.tensor([[1.0], [2.0], [4.0]])
+# ``patch_old_subj_basis_generator_ckpt`` (single-encoder patch path of the official code) re-initialises the
+# hidden-state layer weights to these before copying an old checkpoint's state; the default (joint) loader
+# keeps the checkpoint's own learned values (strict load_state_dict).
+RESET_LAYER_WEIGHTS = torch.tensor([[1.0], [2.0], [4.0]])
+LAYER_WEIGHT_MODES = ("checkpoint", "reset_1_2_4")
 
 
 def _is(obj, suffix):
@@ -115,20 +119,21 @@ def load_inverter_state(path, generator="auto"):
     return inv, n_id, sd.get("hidden_state_layer_weights"), pad, None, f"{source} '{key}'[{idx}/{len(gens)}]"
 
 
-def load_adaface(adaface_path, arc2face_path=None, generator="auto", layer_weights="official"):
-    """Build the :class:`AdaFaceModel`. ``layer_weights``: "official" = [1, 2, 4] (what the official
-    loader ends up with: ``patch_old_subj_basis_generator_ckpt`` re-initialises them before copying the
-    state dict), "checkpoint" = the learned values stored in the file."""
+def load_adaface(adaface_path, arc2face_path=None, generator="auto", layer_weights="checkpoint"):
+    """Build the :class:`AdaFaceModel`. ``layer_weights``: "checkpoint" (default, the official joint loader)
+    = the learned hidden-state layer weights stored in the file; "reset_1_2_4" = [1, 2, 4], what the
+    official single-encoder patch path gives old checkpoints (``patch_old_subj_basis_generator_ckpt``)."""
+    if layer_weights not in LAYER_WEIGHT_MODES:
+        raise ValueError(f"layer_weights must be one of {LAYER_WEIGHT_MODES}, got {layer_weights!r}")
     inv_sd, n_id, lw_ckpt, pad, arc_sd, desc = load_inverter_state(adaface_path, generator)
     inverter_text = ClipText.from_state_dict(inv_sd, source=os.path.basename(adaface_path))
     if layer_weights == "checkpoint":
         if lw_ckpt is None:
-            raise ValueError(f"{desc}: no hidden_state_layer_weights stored; use layer_weights='official'")
+            raise ValueError(f"{desc}: no hidden_state_layer_weights stored (an old single-encoder checkpoint?); "
+                             "choose layer_weights 'reset_1_2_4' as the official code does for those")
         lw = lw_ckpt
-    elif layer_weights == "official":
-        lw = OFFICIAL_LAYER_WEIGHTS
     else:
-        raise ValueError(f"layer_weights must be 'official' or 'checkpoint', got {layer_weights!r}")
+        lw = RESET_LAYER_WEIGHTS
     if arc2face_path:
         arc_sd = safe_load.load_file(arc2face_path)
         arc_src = os.path.basename(arc2face_path)
@@ -159,31 +164,3 @@ def save_adaface_safetensors(model: AdaFaceModel, path, include_arc2face=True, d
     safetensors.torch.save_file(sd, str(path), metadata={"num_id_vecs": str(model.inverter.num_id_vecs),
                                                          "format": "face-personalization adaface v1"})
     return path
-
-
-def load_face_embeds(obj, source="face embeds"):
-    """FACE_EMBEDS value or a loaded file -> float tensor [K, 512]."""
-    if isinstance(obj, dict):
-        for k in ("embeds", "embeddings", "face_embeds", "arcface", "embedding"):
-            if k in obj:
-                obj = obj[k]
-                break
-        else:
-            tensors = [v for v in obj.values() if isinstance(v, torch.Tensor)]
-            if len(tensors) != 1:
-                raise ValueError(f"{source}: cannot find the face embedding (keys {sorted(obj)[:8]})")
-            obj = tensors[0]
-    if not isinstance(obj, torch.Tensor):
-        import numpy as np
-
-        if isinstance(obj, np.ndarray):
-            obj = torch.from_numpy(obj)
-        else:
-            raise ValueError(f"{source}: expected a tensor [N, 512] of ArcFace embeddings, got {type(obj).__name__}")
-    t = obj.detach().float().cpu()
-    if t.shape[-1] != 512:
-        raise ValueError(f"{source}: ArcFace embeddings must be 512-d, got shape {list(t.shape)}")
-    t = t.reshape(-1, 512)
-    if not torch.isfinite(t).all() or (t.norm(dim=-1) == 0).any():
-        raise ValueError(f"{source}: face embedding contains NaN/inf or all-zero rows")
-    return t

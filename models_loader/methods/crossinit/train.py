@@ -18,7 +18,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ... import clip_tokens
+from ...textspace import trigger as clip_tokens
 from ...training import diffusion, text_forward
 from ...training.protocol import ADAMW_DEFAULTS
 from . import core
@@ -301,9 +301,11 @@ def build_trainer(spec, base, job_dir):
 
 def load_result(outputs):
     """IDENTITY_EMBEDDING of a finished job (from its embedding: safetensors)."""
+    from ...textspace.identity import load_identity_file
+
     for o in outputs:
         if o.get("kind") == "safetensors":
-            identity = core.load_identity_file(o["path"])
+            identity = load_identity_file(o["path"])
             with open(os.path.splitext(o["path"])[0] + ".json", encoding="utf-8") as f:
                 identity["name"] = json.load(f).get("trigger_word", identity["name"])
             identity["method"] = "crossinit"

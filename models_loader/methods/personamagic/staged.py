@@ -11,21 +11,27 @@ Per denoising timestep t (ComfyUI: ``model_sampling.timestep(sigma)``):
 
 It is applied as an ``attn2_patch`` on the MODEL (a list entry: chains with other patches). The
 node's CONDITIONING holds the class-word context; in every UNet call the patch finds the *cond*
-rows whose context equals it (``cond_or_uncond`` == 0; uncond and other conds are never touched),
-replaces them by the stage context (keys) and gives the attention the bypass context as values.
-Contexts are cached per timestep; the patch object is shared by MODEL clones (``__deepcopy__``).
+rows whose context equals it (``cond_or_uncond`` == 0, read per chunk with ``patch_engine.chunk_layout``;
+uncond and other conds are never touched), replaces them by the stage context (keys) and gives the
+attention the bypass context as values. The sigma is read once per model call
+(``patch_engine.current_sigma``).
+
+Encoding uses the shared text-space module: ``textspace.trigger_slots`` says where the N tokens go,
+``textspace.TextEncoder`` (the differentiable forward training uses too) encodes, and the mapper tokens of
+*all* the run's stage-2 timesteps are encoded in one batched text-encoder call on the run's first model call
+(``sample_sigmas``); other timesteps (e.g. a sampler's intermediate sigmas) are encoded on demand. Contexts
+are cached per timestep; the patch object is shared by MODEL clones (``__deepcopy__``).
 """
 import collections
 import logging
 
 import torch
-import torch.nn.functional as F
 
-from ... import textspace
+from ... import patch_engine, textspace
+from ...textspace import trigger as text_trigger
+from .mapper import apply_bypass
 
 log = logging.getLogger(__name__)
-
-_SENTINEL = 9173.0  # placeholder-slot marker values (never a real embedding value)
 
 
 class PersonaMagicInputError(ValueError):
@@ -65,71 +71,6 @@ def class_word_embedding(clip, word):
     return emb.detach().float().cpu().clone()
 
 
-class _DualEncoder:
-    """``ClipTokenWeightEncoder`` whose ``encode`` returns cat([context, bypass context], -1):
-    ComfyUI's own chunking/weighting code then treats both identically."""
-
-    def __init__(self, inner, slots, bypass):
-        from comfy import sd1_clip
-
-        self.inner = inner
-        self.special_tokens = inner.special_tokens
-        self.slots = slots  # id(tensor) -> token index k
-        self.bypass = bypass  # [N, D] float32 or None
-        self._base = sd1_clip.ClipTokenWeightEncoder
-
-    def encode_token_weights(self, token_weight_pairs):
-        return self._base.encode_token_weights(self, token_weight_pairs)
-
-    def gen_empty_tokens(self, special_tokens, length):
-        from comfy import sd1_clip
-
-        if hasattr(self.inner, "gen_empty_tokens"):
-            return self.inner.gen_empty_tokens(special_tokens, length)
-        return sd1_clip.gen_empty_tokens(special_tokens, length)
-
-    def encode(self, tokens):
-        inner = self.inner
-        device = inner.transformer.get_input_embeddings().weight.device
-        embeds, attention_mask, num_tokens, embeds_info = inner.process_tokens(tokens, device)
-        if inner.layer == "last":
-            io, use_ln = -1, True
-        elif inner.layer == "hidden":
-            io, use_ln = inner.layer_idx, inner.layer_norm_hidden_state
-        else:
-            raise PersonaMagicInputError(f"StageRegulatedTI: CLIP output layer mode {inner.layer!r} is not supported")
-        mask = attention_mask if inner.enable_attention_masks else None
-        outs = inner.transformer(None, mask, embeds=embeds, num_tokens=num_tokens, intermediate_output=io,
-                                 final_layer_norm_intermediate=False, dtype=torch.float32, embeds_info=embeds_info)
-        pre = outs[1].float()
-        ln = inner.transformer.text_model.final_layer_norm
-
-        def finish(h):
-            z = ln(h).float() if use_ln else h
-            if inner.zero_out_masked:
-                z = z * attention_mask.unsqueeze(-1).float()
-            return z
-
-        z = finish(pre)
-        zb = z
-        if self.bypass is not None:
-            pre_b = pre.clone()
-            hit = False
-            for b, seq in enumerate(tokens):
-                for p, y in enumerate(seq):
-                    k = self.slots.get(id(y))
-                    if k is None:
-                        continue
-                    e = pre[b, p]
-                    bp = self.bypass[k].to(e.device, e.dtype)
-                    pre_b[b, p] = F.normalize(bp + e, dim=-1) * e.norm()
-                    hit = True
-            if hit:
-                zb = finish(pre_b)
-        pooled = outs[2].float() if len(outs) > 2 and outs[2] is not None else None
-        return torch.cat([z, zb], dim=-1), pooled
-
-
 class StagedPrompt:
     """Everything needed to produce the per-timestep contexts of one prompt."""
 
@@ -150,6 +91,7 @@ class StagedPrompt:
         self.class_word = (class_word or bundle.class_word or "face").strip()
         self.t_high, self.t_low = float(t_high), float(t_low)
         self.inner, self.key = _inner_text_model(clip)
+        self.key_embedding = f"clip_{self.key}"
         self.word_embedding = class_word_embedding(clip, self.class_word)
         self.norm_scale = float(bundle.target_norm) if bundle.target_norm is not None else float(self.word_embedding.norm())
         self.image_embedding = None
@@ -164,57 +106,25 @@ class StagedPrompt:
             if not bundle.mapper.output_bypass:
                 log.warning("PersonaMagic: this mapper has no bypass head; the image embedding is ignored")
 
-        # tokenization: the trigger becomes N sentinel rows; remember where they went
-        n, d = bundle.token_num, width
-        sentinel = (_SENTINEL + torch.arange(n, dtype=torch.float32))[:, None].expand(n, d).contiguous()
-        tclip = textspace.apply_trigger(clip, trigger, sentinel, what="PersonaMagic placeholder")
+        # tokenization: where the trigger's N rows go (ComfyUI's tokenizer; found by identity, not value)
+        n = bundle.token_num
+        tclip = textspace.apply_trigger(clip, trigger, torch.zeros(n, width), what="PersonaMagic placeholder")
         ok, _ = textspace.prompt_has_trigger(tclip, text)
         self.has_trigger = ok
         if not ok:
             log.warning(textspace.missing_trigger_message([trigger], text)
                         + " StageRegulatedTI then only encodes the prompt as written.")
-        tokens = tclip.tokenize(text)
-        self.template = {}
-        for key, chunks in tokens.items():
-            out = []
-            for chunk in chunks:
-                row = []
-                for item in chunk:
-                    y = item[0]
-                    if torch.is_tensor(y):
-                        k = int(round(float(y.reshape(-1)[0]) - _SENTINEL))
-                        if 0 <= k < n and bool((y == _SENTINEL + k).all()):
-                            row.append(("slot", k) + tuple(item[1:]))
-                            continue
-                    row.append(item)
-                out.append(row)
-            self.template[key] = out
-        class_text = textspace.replace_trigger(text, trigger, self.class_word)
-        self.class_text = class_text
-        self.class_tokens = clip.tokenize(class_text)
+        chunks = text_trigger.trigger_slots(clip, text, trigger, n)[self.key_embedding]
+        self.ids, self.weights, self.slots, self.inline = text_trigger.slot_layout(chunks)
+        self.class_text = textspace.replace_trigger(text, trigger, self.class_word)
+        self.class_tokens = clip.tokenize(self.class_text)
         self.cache = collections.OrderedDict()
-        self.cache_size = 128
+        self.cache_size = 1024
         self._class = None
+        self._text_encoder = None
+        self._empty_ctx = None
 
     # -- encoding -------------------------------------------------------------------------------
-    def _tokens_with(self, rows):
-        ids = {}
-        toks = {}
-        for key, chunks in self.template.items():
-            out = []
-            for chunk in chunks:
-                row = []
-                for item in chunk:
-                    if item[0] == "slot":
-                        vec = rows[item[1]].clone()
-                        ids[id(vec)] = item[1]
-                        row.append((vec,) + tuple(item[2:]))
-                    else:
-                        row.append(item)
-                out.append(row)
-            toks[key] = out
-        return toks, ids
-
     def _prepare_clip(self):
         cm = self.clip.cond_stage_model
         cm.reset_clip_options()
@@ -229,31 +139,85 @@ class StagedPrompt:
             self._class = (cond.float().cpu(), None if pooled is None else pooled.float().cpu())
         return self._class
 
-    def mapper_outputs(self, t):
-        return self.bundle.mapper(float(t), self.word_embedding, self.norm_scale,
+    def mapper_outputs(self, ts):
+        """Mapper (tokens [T, N, D], bypass [T, N, D] or None) for timesteps ``ts`` (one batched pass)."""
+        return self.bundle.mapper(torch.tensor([float(t) for t in ts]), self.word_embedding, self.norm_scale,
                                   self.image_embedding if self.bundle.mapper.output_bypass else None)
 
+    def _encoder(self):
+        if self._text_encoder is None:
+            self._prepare_clip()
+            enc = textspace.TextEncoder.of_clip(self.clip)[self.key_embedding]
+            if enc.model.zero_out_masked or enc.model.enable_attention_masks:
+                raise PersonaMagicInputError("StageRegulatedTI: this text encoder uses attention masks; "
+                                             "only SD1.x-style CLIP text encoders are supported")
+            self._text_encoder = enc
+        return self._text_encoder
+
+    def _weighted(self, out, empty):
+        """ComfyUI's prompt weights: z = (z - z_empty) * w + z_empty where w != 1 (per chunk row)."""
+        w = self.weights.to(out.device).unsqueeze(-1)  # [C, L, 1]
+        if bool((w == 1).all()):
+            return out
+        return torch.where(w != 1, (out - empty) * w + empty, out)
+
+    def _empty(self, enc):
+        if self._empty_ctx is None:
+            from comfy import sd1_clip
+
+            gen = getattr(self.inner, "gen_empty_tokens", None) or sd1_clip.gen_empty_tokens
+            ids = torch.tensor([[int(t) for t in gen(self.inner.special_tokens, self.ids.shape[1])]])
+            self._empty_ctx = enc(enc.token_embeddings(ids)).context[0]
+        return self._empty_ctx
+
+    @torch.no_grad()
+    def encode_mapper_stages(self, ts):
+        """{t: (context, bypass context or None) [1, C*L, D] float32} for stage-2 timesteps ``ts``, in one
+        batched text-encoder call (cached)."""
+        ts = [float(t) for t in ts]
+        todo = list(dict.fromkeys(t for t in ts if t not in self.cache))
+        if todo:
+            tokens, bypass = self.mapper_outputs(todo)  # [T, N, D]
+            enc = self._encoder()
+            n_t, (n_c, length) = len(todo), self.ids.shape
+            embeds = enc.token_embeddings(self.ids)
+            if self.inline:  # other inline tokens of the prompt (e.g. a CrossInit trigger): same for every t
+                embeds = textspace.insert_rows(embeds, [(c, p) for c, p, _ in self.inline],
+                                               torch.stack([y.reshape(-1).float() for _, _, y in self.inline]))
+            embeds = embeds.unsqueeze(0).expand(n_t, -1, -1, -1).reshape(n_t * n_c, length, -1)
+            pos = [(ti * n_c + c, p) for ti in range(n_t) for c, p, _ in self.slots]
+            ks = [k for _, _, k in self.slots]
+            if pos:
+                embeds = textspace.insert_rows(embeds, pos, tokens[:, ks].reshape(-1, tokens.shape[-1]))
+            out = enc(embeds)
+            ctx = out.context
+            ctx_b = None
+            if bypass is not None and pos:
+                flat_i = torch.tensor([b * length + p for b, p in pos])
+                hid = out.hidden.reshape(-1, out.hidden.shape[-1])[flat_i]
+                rows = apply_bypass(hid, bypass[:, ks].reshape(-1, bypass.shape[-1]))
+                if ctx is not out.hidden:  # the context is LayerNorm(hidden): per row, so only these rows change
+                    ln = enc.text_model.final_layer_norm
+                    rows = torch.nn.functional.layer_norm(rows, (rows.shape[-1],), ln.weight.float(), ln.bias.float(), ln.eps)
+                ctx_b = textspace.insert_rows(ctx, pos, rows)
+            empty = self._empty(enc) if not bool((self.weights == 1).all()) else None
+            for ti, t in enumerate(todo):
+                sl = slice(ti * n_c, (ti + 1) * n_c)
+                c = self._weighted(ctx[sl], empty).reshape(1, n_c * length, -1).float().cpu()
+                cb = None if ctx_b is None else self._weighted(ctx_b[sl], empty).reshape(1, n_c * length, -1).float().cpu()
+                self.cache[t] = (c, cb)
+                if len(self.cache) > self.cache_size:
+                    self.cache.popitem(last=False)
+        return {t: self.cache[t] for t in ts}
+
     def encode_mapper_stage(self, t):
-        """(context, bypass context) [1, L, D] float32 for a stage-2 timestep (cached)."""
+        """(context, bypass context or None) [1, L, D] float32 for one stage-2 timestep (cached)."""
         key = float(t)
         hit = self.cache.get(key)
         if hit is not None:
             self.cache.move_to_end(key)
             return hit
-        tokens_vec, bypass = self.mapper_outputs(t)
-        toks, ids = self._tokens_with(tokens_vec)
-        self._prepare_clip()
-        enc = _DualEncoder(self.inner, ids, bypass)
-        with torch.no_grad():
-            out, _ = enc.encode_token_weights(toks[self.key])
-        out = out.float().cpu()
-        d = out.shape[-1] // 2
-        ctx, ctx_b = out[..., :d].contiguous(), out[..., d:].contiguous()
-        res = (ctx, ctx_b if bypass is not None else None)
-        self.cache[key] = res
-        if len(self.cache) > self.cache_size:
-            self.cache.popitem(last=False)
-        return res
+        return self.encode_mapper_stages([key])[key]
 
     def stage(self, t):
         if t > self.t_high:
@@ -271,23 +235,40 @@ class StageRegulatedPatch:
         self.model_sampling = model_sampling
         self._run = None  # sample_sigmas tensor of the current sampling run
         self._last_mapper_t = None  # last stage-2 timestep computed in this run
-        self._last_call = None  # (context object, sigma value) -> result, reused across layers
-        self._cast = {}
+        self._last_call = None  # (context object, sigma value, value object) -> result, reused across layers
+        self._timesteps = {}  # sigma value -> timestep
+        self._marker_cast = {}
         self._warned_run = None
-        self.enabled = True
 
     def __deepcopy__(self, memo):
         return self  # shared by MODEL clones (holds no per-clone state that must differ)
 
-    def timestep(self, sigmas):
-        s = sigmas.reshape(-1)[:1]
-        return float(self.model_sampling.timestep(s.float()).reshape(-1)[0])
+    def timestep(self, sigma):
+        """Model timestep of a sigma value (float), memoised."""
+        t = self._timesteps.get(sigma)
+        if t is None:
+            t = float(self.model_sampling.timestep(torch.tensor([sigma], dtype=torch.float32)).reshape(-1)[0])
+            if len(self._timesteps) > 4096:
+                self._timesteps.clear()
+            self._timesteps[sigma] = t
+        return t
+
+    def _start_run(self, run):
+        """New sampling run: forget the reuse state, encode every stage-2 timestep of its schedule at once."""
+        self._run = run
+        self._last_mapper_t = None
+        if run is None or not torch.is_tensor(run):
+            return
+        sig = run.detach().float().reshape(-1).cpu()
+        ts = self.model_sampling.timestep(sig).reshape(-1).tolist() if sig.numel() else []
+        stage2 = [float(t) for t in ts if self.prompt.stage(float(t)) == "mapper"]
+        if stage2:
+            self.prompt.encode_mapper_stages(stage2)
 
     def contexts_for(self, t, run=None):
         """(context, bypass context or None, stage) for timestep ``t`` with the run's reuse state."""
         if run is not None and run is not self._run:
-            self._run = run
-            self._last_mapper_t = None
+            self._start_run(run)
         st = self.prompt.stage(t)
         if st == "class":
             ctx, _ = self.prompt.class_context()
@@ -302,30 +283,29 @@ class StageRegulatedPatch:
 
     def _marker(self, dtype, device):
         key = (dtype, str(device))
-        m = self._cast.get(key)
+        m = self._marker_cast.get(key)
         if m is None:
             m = self.prompt.class_context()[0][0].to(device=device, dtype=dtype)
-            self._cast[key] = m
+            self._marker_cast[key] = m
         return m
 
     def __call__(self, n, context, value, extra_options):
         cou = extra_options.get("cond_or_uncond") or []
-        sigmas = extra_options.get("sigmas")
-        if not self.enabled or 0 not in cou or sigmas is None or context is None:
+        if 0 not in cou or context is None:
             return n, context, value
-        sig_key = float(sigmas.reshape(-1)[0])
+        sigma = patch_engine.current_sigma(extra_options)
+        if sigma is None:
+            return n, context, value
         last = self._last_call
-        if last is not None and last[0] is context and last[1] == sig_key and last[2] is value:
+        if last is not None and last[0] is context and last[1] == sigma and last[2] is value:
             return n, last[3], last[4]
-        new_ctx, new_val = self._apply(context, value, cou, sigmas, extra_options)
-        self._last_call = (context, sig_key, value, new_ctx, new_val)
+        new_ctx, new_val = self._apply(context, value, sigma, extra_options)
+        self._last_call = (context, sigma, value, new_ctx, new_val)
         return n, new_ctx, new_val
 
-    def _apply(self, context, value, cou, sigmas, extra_options):
+    def _apply(self, context, value, sigma, extra_options):
         B, L = context.shape[0], context.shape[1]
-        if B % len(cou):
-            return context, value
-        per = B // len(cou)
+        cou, per = patch_engine.chunk_layout(B, extra_options)
         marker = self._marker(context.dtype, context.device)
         Lm = marker.shape[0]
         if L % Lm or marker.shape[-1] != context.shape[-1]:
@@ -335,15 +315,14 @@ class StageRegulatedPatch:
         cand = [r for r in range(B) if cou[r // per] == 0]
         eq = (context[cand] == marker_rep.unsqueeze(0)).flatten(1).all(dim=1).tolist()
         rows = [r for r, ok in zip(cand, eq) if ok]
-        run = (extra_options.get("sample_sigmas"))
+        run = extra_options.get("sample_sigmas")
         if not rows:
             if run is not self._run and self._warned_run is not run:
                 self._warned_run = run
                 log.warning("StageRegulatedTI: a positive conditioning reaching the patched MODEL is not the one "
                             "StageRegulatedTI made (modified or combined?); the identity is not applied to it.")
             return context, value
-        t = self.timestep(sigmas)
-        ctx, ctx_b, _ = self.contexts_for(t, run)
+        ctx, ctx_b, _ = self.contexts_for(self.timestep(sigma), run)
         ctx = ctx[0].to(device=context.device, dtype=context.dtype)
         ctx_v = ctx if ctx_b is None else ctx_b[0].to(device=context.device, dtype=context.dtype)
         if rep > 1:

@@ -334,29 +334,14 @@ def save_safetensors(encoder: E4EEncoder, path, dtype=None):
     safetensors.torch.save_file(sd, str(path), metadata=meta)
 
 
-def whiten_background(images, mask):
-    """``img·m + (1 − m)``: keep the face (mask 1), paint the rest white, as the W+ Adapter's
-    preprocessing does before e4e. MASK [B,H,W] or [H,W] (resized to the image if needed)."""
-    img = images[..., :3].float()
-    m = mask.float()
-    if m.dim() == 2:
-        m = m.unsqueeze(0)
-    if m.dim() != 3:
-        raise ValueError(f"mask: expected MASK [B,H,W] or [H,W], got {list(mask.shape)}")
-    if m.shape[0] not in (1, img.shape[0]):
-        raise ValueError(f"mask batch {m.shape[0]} does not match image batch {img.shape[0]} (use 1 or the same size)")
-    if m.shape[-2:] != img.shape[1:3]:
-        m = F.interpolate(m.unsqueeze(1), size=img.shape[1:3], mode="bilinear", align_corners=False).squeeze(1)
-    m = m.clamp(0, 1).unsqueeze(-1).to(img.device)
-    return img * m + (1.0 - m)
-
-
 def encode_images(encoder: E4EEncoder, images, mask=None, average_batch=False, batch_size=4):
     """IMAGE (+ optional face MASK) -> WPLUS [B,18,512] (or [1,18,512] averaged), with a ComfyUI progress bar."""
     if not isinstance(encoder, E4EEncoder):
         raise ValueError(f"expected an E4E_ENCODER (from LoadE4EEncoder), got {type(encoder).__name__}")
-    if mask is not None:
-        images = whiten_background(images, mask)
+    if mask is not None:  # the one whitening rule (face/mask.py); the MASK arrives already feathered, so no blur
+        from ...face.mask import whiten_background
+
+        images = whiten_background(images[..., :3].float(), mask, blur=0)
     bar = None
     try:
         import comfy.utils

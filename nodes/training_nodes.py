@@ -1,0 +1,7 @@
+"""Training nodes (background jobs): FP_TrainCrossInit, FP_TrainingResult. The code lives in training_nodes/."""
+from ..training_nodes import nodes as _nodes, register_routes
+
+register_routes()
+
+NODE_CLASS_MAPPINGS = dict(_nodes.NODE_CLASS_MAPPINGS)
+NODE_DISPLAY_NAME_MAPPINGS = dict(_nodes.NODE_DISPLAY_NAME_MAPPINGS)
