@@ -72,7 +72,7 @@ class Stack:
         import nodes
         from comfyui_face_personalization.models_loader.methods.registry import METHODS
 
-        model, words = self.model, list(self.words)
+        model, words = self.model, sorted(self.words)  # one prompt whatever the apply order
         if self.staged is not None:
             name, on = self.staged
             if on:
