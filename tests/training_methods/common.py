@@ -76,7 +76,10 @@ class AdamWReplay:
     def check(self, step, got_grads, got_after):
         self.opt.step(got_grads)
         for k, p in self.opt.p.items():
-            err = float((got_after[k] - p).abs().max())
+            # Float rounding only: torch's AdamW and this one order the decay/update ops differently, so results
+            # may differ by a few fp32 ulps of the parameter itself (LayerNorm weights ~1.0 have ulp 1.2e-7 > 1e-3 lr).
+            excess = (got_after[k] - p).abs() - 4 * torch.finfo(torch.float32).eps * p.abs()
+            err = float(excess.max())
             assert err <= 1e-3 * self.lr, f"step {step} {k}: trainer's AdamW differs from the hand-written one by {err}"
 
 
