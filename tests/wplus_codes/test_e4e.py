@@ -3,6 +3,7 @@ the style head, in-graph loading and batched / deterministic encoding, and bad c
 
 The full-size model (267M parameters, random weights) forwards at 256x256 in only one test
 (test_graph_encode_batched_matches_single); the oracles run on cheap pieces."""
+from pathlib import Path
 import argparse
 import math
 
@@ -239,7 +240,7 @@ def test_graph_encode_batched_matches_single(comfy, comfy_home, e4e_name, e4e_en
     encodes of the whitened images (deterministic across calls and batch sizes)."""
     a = _png(comfy_home, "wplus_enc_a.png", 1)
     b = _png(comfy_home, "wplus_enc_b.png", 2)
-    out_file = tmp_path / "codes"
+    out_file = Path(comfy.pack.models_loader.files.target_dir("wplus_codes")) / "codes_batched"  # saves stay in models/
     prompt = {
         "enc": {"class_type": "LoadE4EEncoder", "inputs": {"encoder_name": e4e_name}},
         "ia": {"class_type": "LoadImage", "inputs": {"image": "wplus_enc_a.png"}},
@@ -252,7 +253,7 @@ def test_graph_encode_batched_matches_single(comfy, comfy_home, e4e_name, e4e_en
                                                          "format": "safetensors", "overwrite": True}},
     }
     outputs = comfy.run(prompt)
-    assert outputs["save"]["text"] == [str(out_file) + ".safetensors"]
+    assert outputs["save"]["text"] == ["saved " + str(out_file) + ".safetensors"]
     import safetensors.torch
 
     batched = safetensors.torch.load_file(str(out_file) + ".safetensors")["wplus"]
