@@ -1,8 +1,8 @@
 """Build the training example workflow (API prompt) and write it as UI JSON into workflows/.
 
 Run: cd tests && $FP_PY training/make_workflows.py
-NOT YET WRITTEN to workflows/: tests/test_workflows.py runs every file there, and it first needs to shrink the job
-(preset "custom", steps 1, resolution 64, batch 1, grad_accum 1 on the FP_TrainCrossInit node) before running.
+(then copy the file into workflows/, or run without an argument to write there directly). tests/test_workflows.py
+runs it with the training node shrunk (preset "custom", 1 step at 64 px) by editing the prompt, not the product.
 """
 import sys
 from pathlib import Path
@@ -51,9 +51,13 @@ BUILDERS = {"train_crossinit_fast": train_crossinit_fast}
 NOTES = {"train_crossinit_fast": NOTE}
 
 
-def main():
-    workflow.write_builders(BUILDERS, notes=NOTES)
+def main(out_dir=None):
+    import inspect
+
+    # write_builders takes notes= once harness.workflow supports note nodes (not yet on main at 23:30)
+    kw = {"notes": NOTES} if "notes" in inspect.signature(workflow.write_builders).parameters else {}
+    return workflow.write_builders(BUILDERS, out_dir=out_dir, **kw)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1] if len(sys.argv) > 1 else None)
