@@ -1,7 +1,11 @@
 """THE training entrypoint: the ComfyUI worker subprocess and ``accelerate launch`` both run it.
 
     python <pack>/train.py --job <job dir>
-    accelerate launch --num_processes 2 --cpu <pack>/train.py --job <job dir>
+    accelerate launch --multi_gpu --num_processes 2 <pack>/train.py --job <job dir>   (GPUs, or CPUs with gloo)
+
+(``accelerate launch --cpu`` starts ONE process whatever ``--num_processes`` says — accelerate 1.x routes
+``--cpu`` to its single-process launcher; ``--multi_gpu`` goes through torchrun and, with no CUDA or a
+``"cpu": true`` job, the ranks join a gloo group on the CPU.)
 
 It reads ``<job dir>/config.json``, puts ComfyUI on ``sys.path`` (``COMFYUI_PATH`` env or the spec's
 ``comfyui_path``), loads the base checkpoint with ``comfy.sd``, builds the method's trainer from the
@@ -32,16 +36,20 @@ def _setup_comfy(spec):
         args.cpu = True
 
 
-def _distributed():
+def _distributed(spec):
     from .loop import Distributed
 
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1:
         return Distributed()
     try:
+        import torch
         from accelerate import PartialState
 
-        state = PartialState()
+        # without cpu=True accelerate ignores WORLD_SIZE on a CUDA-less machine (every rank would think it is alone)
+        state = PartialState(cpu=bool(spec.cpu) or not torch.cuda.is_available())
+        if state.num_processes != world:
+            raise RuntimeError(f"accelerate sees {state.num_processes} processes but WORLD_SIZE={world}")
         return Distributed(rank=state.process_index, world=state.num_processes)
     except ImportError:
         import torch.distributed as dist
@@ -82,7 +90,7 @@ def run_job(job_dir, parent_pid=None):
     job_dir = os.path.abspath(job_dir)
     spec = JobSpec.load(job_dir)
     _setup_comfy(spec)
-    dist = _distributed()
+    dist = _distributed(spec)
     status = "failed"
     try:
         import torch

@@ -43,7 +43,9 @@ def test_accelerate_two_processes_match_single(tmp_path, shared_data):
     single = _job(tmp_path, "single", ckpt, photo)
     subprocess.run([sys.executable, str(REPO / "train.py"), "--job", str(single)], check=True, env=env, timeout=1500)
     multi = _job(tmp_path, "multi", ckpt, photo)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--cpu",
+    # `--cpu` would start ONE process (accelerate 1.x: simple launcher); `--multi_gpu` runs torchrun, the CPU job
+    # ("cpu": true) makes the ranks join a gloo group
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
                 "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
     subprocess.run(launcher + [str(REPO / "train.py"), "--job", str(multi)], check=True, env=env, timeout=1500)
     for d in (single, multi):
