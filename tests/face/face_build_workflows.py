@@ -32,7 +32,11 @@ def build(comfy):
 
     return wf.api_to_ui(faces_detect_align_prompt(), comfy.input_types,
                         title="Faces: detect (offline) -> FFHQ align 512 + face mask",
-                        output_types=lambda c: comfy.node_classes[c].RETURN_TYPES)
+                        output_types=lambda c: comfy.node_classes[c].RETURN_TYPES,
+                        note="# Faces: detect, align, mask\nPut your photo in *Load Image*. The offline detector needs no "
+                             "downloads; for ArcFace embeddings use *Face Analysis Loader* with antelopev2 or buffalo_l in "
+                             "`models/insightface/models/`.\n\n*Face Personalization Diagnostics* reports what the pack "
+                             "sees (versions, providers, model files): run it first on a new install.")
 
 
 def write(comfy, path=WORKFLOW):

@@ -30,9 +30,11 @@ def _ordered_inputs(types):
             yield name, spec
 
 
-def api_to_ui(prompt, input_types, title=None, output_types=None):
-    """API prompt -> UI workflow (simple grid layout). ``output_types(class_type)`` (e.g. the node
-    class's RETURN_TYPES) gives typed output slots; without it links are typed by the input."""
+def api_to_ui(prompt, input_types, title=None, output_types=None, note=None):
+    """API prompt -> UI workflow, laid out left to right by data flow (:mod:`harness.layout`), with
+    ``note`` (Markdown) as a note at the top left. ``output_types(class_type)`` (e.g. the node class's
+    RETURN_TYPES) gives typed output slots; without it links are typed by the input. A node keeps its
+    display name as title unless the prompt gives one in ``_meta.title`` (prompt keys are not titles)."""
     ids = {key: i + 1 for i, key in enumerate(prompt)}
     nodes, links = [], []
     out_links = {}  # (node_id, slot) -> [link ids]
@@ -64,10 +66,12 @@ def api_to_ui(prompt, input_types, title=None, output_types=None):
                 ui_inputs.append({"name": name, "type": spec[0], "link": link_id})
             elif name in (types.get("required") or {}):
                 raise ValueError(f"{key}: required input {name!r} is not connected")
-        nodes.append({"id": nid, "type": node["class_type"], "pos": [300 * ((nid - 1) % 5), 250 * ((nid - 1) // 5)],
-                      "size": [280, 120], "flags": {}, "order": nid - 1, "mode": 0, "inputs": ui_inputs,
-                      "outputs": [], "properties": {"Node name for S&R": node["class_type"]},
-                      "widgets_values": widgets, "title": node.get("_meta", {}).get("title", key)})
+        ui_node = {"id": nid, "type": node["class_type"], "pos": [0, 0], "size": [280, 120], "flags": {},
+                   "order": nid - 1, "mode": 0, "inputs": ui_inputs, "outputs": [],
+                   "properties": {"Node name for S&R": node["class_type"]}, "widgets_values": widgets}
+        if node.get("_meta", {}).get("title"):
+            ui_node["title"] = node["_meta"]["title"]
+        nodes.append(ui_node)
     for n in nodes:
         if output_types is not None:
             kinds = list(output_types(n["type"]))
@@ -76,8 +80,11 @@ def api_to_ui(prompt, input_types, title=None, output_types=None):
             kinds = ["*"] * (max(used) + 1 if used else 0)
         n["outputs"] = [{"name": str(kind), "type": kind, "slot_index": s, "links": out_links.get((n["id"], s), [])}
                         for s, kind in enumerate(kinds)]
-    return {"last_node_id": len(nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
-            "groups": [], "config": {}, "extra": {"title": title or ""}, "version": 0.4}
+    from harness import layout
+
+    ui = {"last_node_id": len(nodes), "last_link_id": link_id, "nodes": nodes, "links": links,
+          "groups": [], "config": {}, "extra": {"title": title or ""}, "version": 0.4}
+    return layout.arrange(ui, input_types, note=note)
 
 
 def _types_match(a, b):
@@ -168,9 +175,10 @@ def save(workflow, path):
         f.write("\n")
 
 
-def write_builders(builders, host=None, out_dir=None):
+def write_builders(builders, host=None, out_dir=None, notes=None):
     """Write each ``name -> build()`` API prompt as UI JSON ``<out_dir>/<name>.json`` (default: the repo's
-    workflows/). ``host``: a booted ComfyHost (one is booted in a temporary home if None)."""
+    workflows/), with ``notes[name]`` (Markdown: what it does, which files go where, what to change) as
+    its note. ``host``: a booted ComfyHost (one is booted in a temporary home if None)."""
     from pathlib import Path
 
     from harness import comfy_host
@@ -184,7 +192,7 @@ def write_builders(builders, host=None, out_dir=None):
     written = []
     for name, build in builders.items():
         ui = api_to_ui(build(), host.input_types, title=name,
-                       output_types=lambda c: host.node_classes[c].RETURN_TYPES)
+                       output_types=lambda c: host.node_classes[c].RETURN_TYPES, note=(notes or {}).get(name))
         save(ui, out_dir / f"{name}.json")
         written.append(out_dir / f"{name}.json")
         print("wrote", written[-1])

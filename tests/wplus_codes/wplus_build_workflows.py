@@ -59,7 +59,10 @@ def wplus_edit_prompt(ckpt=CKPT, adapter=ADAPTER, code="e4e_1.pth"):
 def build(host):
     prompt = wplus_edit_prompt()
     ui = wf.api_to_ui(prompt, host.input_types, title="W+ edit sweep (original, age -3, age +3, smile +2)",
-                      output_types=lambda c: host.node_classes[c].RETURN_TYPES)
+                      output_types=lambda c: host.node_classes[c].RETURN_TYPES,
+                      note="# W+ edits\nEdits a face's W+ code along semantic directions (age, smile) before the W+ "
+                           "Adapter: one image per code in the batch.\n\nDirections go in `models/wplus/directions/` "
+                           "(InterFaceGAN `.pt`, latent `.npy`, GANSpace); *strength* sets how far to move.")
     return ui
 
 
