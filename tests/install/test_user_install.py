@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # first run builds the venv (minutes); cached runs take seconds
 HERE = Path(__file__).resolve().parent
 TORCH_SPEC = ["torch==2.12.*", "torchvision==0.27.*"]   # as .ci/bootstrap.sh (ComfyUI: install torch first)
 
