@@ -21,6 +21,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow  # first run builds the venv (minutes); cached runs take seconds
 HERE = Path(__file__).resolve().parent
 TORCH_SPEC = ["torch==2.12.*", "torchvision==0.27.*"]   # as .ci/bootstrap.sh (ComfyUI: install torch first)
 
@@ -120,7 +121,9 @@ def user_report(user_venv, tmp_path_factory):
                          capture_output=True, text=True, timeout=900, env=env, cwd=str(home))
     line = next((ln for ln in out.stdout.splitlines() if ln.startswith("USER_ENV_REPORT ")), None)
     assert out.returncode == 0 and line, f"rc={out.returncode}\n{out.stdout[-3000:]}\n{out.stderr[-5000:]}"
-    return json.loads(line.split(" ", 1)[1])
+    report = json.loads(line.split(" ", 1)[1])
+    (tmp_path_factory.getbasetemp() / "user_env_report.json").write_text(json.dumps(report, indent=1))
+    return report
 
 
 def test_pip_check_clean(user_venv):
