@@ -106,3 +106,41 @@ def input_image(comfy_home):
         return src.name
 
     return put
+
+
+def _rss_mb():
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) // 1024
+    return -1
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_memory_after_module():
+    """The whole suite runs in one process (ComfyUI booted once): after each module drop what its fixtures
+    held, unload ComfyUI's models and hand freed heap back to the OS, so memory does not pile up across
+    modules (a 2-core, 24 GB CI machine)."""
+    yield
+    import gc
+
+    gc.collect()
+    mm = sys.modules.get("comfy.model_management")
+    if mm is not None:
+        mm.unload_all_models()
+        mm.soft_empty_cache()
+    gc.collect()
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):
+        pass
+
+
+def pytest_runtest_logfinish(nodeid, location):
+    """FP_RSS_LOG=<file>: append each test's resident memory after it ran (to find what holds memory)."""
+    log = os.environ.get("FP_RSS_LOG")
+    if log:
+        with open(log, "a") as f:
+            f.write(f"{_rss_mb()} {nodeid}\n")

@@ -84,7 +84,7 @@ def _pass_through_nodes(ui, comfy):
     out = []
     for n in ui["nodes"]:
         cls = comfy.node_classes.get(n["type"])
-        if cls is None or not cls.__module__.startswith("comfyui_face_personalization"):
+        if cls is None or n["type"] not in comfy.pack.NODE_CLASS_MAPPINGS:  # only the pack's own nodes
             continue
         ins = {i.get("type") for i in n.get("inputs", []) if i.get("link") is not None}
         if ({"MODEL", "CLIP"} & ins) & set(cls.RETURN_TYPES):

@@ -15,6 +15,7 @@ import torch
 from conftest import NEG, PROMPT, TRIGGERS, eps
 from foreign import apply_foreign
 
+_RUNS = itertools.count()
 NAMES = ["wplus_rca", "pidiff_sca", "crossinit", "personamagic", "adaface"]
 UNET_SIDE = {"wplus_rca", "pidiff_sca", "personamagic"}
 
@@ -147,13 +148,23 @@ def test_batch_and_context_window_frames(name, stack):
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", NAMES)
 def test_half_precision_close_to_fp32(name, dtype, stack):
+    """The method's effect (patched - plain) in half precision matches fp32 up to the precision's own noise:
+    its error is at most a few times the error half precision makes on the plain model alone (the effect is the
+    difference of two rounded outputs), so a patch computed in the wrong dtype, or scaled differently, fails
+    while bf16's 8-bit mantissa on a tiny model does not."""
     model, cond, uncond = stack().apply(name).context()
     pm, pc, pu = stack().context()
     low_dm = copy.deepcopy(model.model.diffusion_model).to(dtype)
-    effect32 = eps(model, cond, uncond) - eps(pm, pc, pu)
-    effect16 = eps(model, cond, uncond, dm=low_dm, dtype=dtype) - eps(pm, pc, pu, dm=low_dm, dtype=dtype)
+    plain32, plain16 = eps(pm, pc, pu), eps(pm, pc, pu, dm=low_dm, dtype=dtype)
+    effect32 = eps(model, cond, uncond) - plain32
+    effect16 = eps(model, cond, uncond, dm=low_dm, dtype=dtype) - plain16
+    noise = (plain16 - plain32).norm().item()
+    err = (effect16 - effect32).norm().item()
     cos = torch.nn.functional.cosine_similarity(effect32.flatten(), effect16.flatten(), dim=0).item()
-    assert cos >= 0.98, cos
+    assert bool(torch.isfinite(effect16).all())
+    # fp16 resolves every method's effect ~30x above its noise; bf16 on the tiny text-side effects only 2-3x,
+    # hence the direction check as well
+    assert err <= 3 * noise and cos >= 0.9, dict(err=err, noise=noise, effect=effect32.norm().item(), cos=cos)
 
 
 def _graph(name, tiny_names, seed):
@@ -161,7 +172,9 @@ def _graph(name, tiny_names, seed):
 
     g = txt2img(tiny_names["sd15"], text=PROMPT.format("a"), steps=2, seed=seed, width=64, height=64)
     g.pop("decode"), g.pop("save")
-    g["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0], "filename_prefix": f"contract_{name}_{seed}"}}
+    # a fresh prefix per graph: ComfyUI caches an output node whose inputs did not change, and it then writes nothing
+    g["save"] = {"class_type": "SaveLatent", "inputs": {"samples": ["sample", 0],
+                                                        "filename_prefix": f"contract_{name}_{seed}_{next(_RUNS)}"}}
     if name is None:
         return g
     if name in ("wplus_rca", "pidiff_sca"):
