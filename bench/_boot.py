@@ -29,3 +29,30 @@ def interleaved(fns, repeats):
             fn()
             times[name].append(time.perf_counter() - t)
     return {name: statistics.median(v) for name, v in times.items()}
+
+
+def alternating_pairs(fns, repeats, setups=None):
+    """Time two callables in pairs, the order alternating each round (a b, b a, ...) so drift and
+    warm-up hit both alike; returns {name: [seconds per round]}. ``setups[name]()``, untimed, makes the
+    arguments of each timed call ``fns[name](*args)``."""
+    import time
+
+    names = list(fns)
+    times = {name: [] for name in names}
+    for r in range(repeats):
+        for name in (names if r % 2 == 0 else names[::-1]):
+            args = setups[name]() if setups else ()
+            t = time.perf_counter()
+            fns[name](*args)
+            times[name].append(time.perf_counter() - t)
+    return times
+
+
+def pair_ratio_line(times, num, den):
+    """'median a .. b .. ratio (median of N pairs) r (pair ratios lo..hi)' for two entries of :func:`alternating_pairs`."""
+    import statistics
+
+    ratios = [p / q for p, q in zip(times[num], times[den])]
+    med = {k: statistics.median(times[k]) for k in (num, den)}
+    return (f"median {den} {med[den]:.3f}s  {num} {med[num]:.3f}s  ratio {num}/{den} (median of {len(ratios)} pairs) "
+            f"{statistics.median(ratios):.3f}  (pair ratios {min(ratios):.3f}..{max(ratios):.3f})")

@@ -7,13 +7,14 @@ the context swap. Runs are interleaved in pairs with the order alternating; the 
 ratios (patched / plain) is printed.
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _boot  # noqa: E402
 
 
 def main():
@@ -48,19 +49,11 @@ def main():
     nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", plain, neg, latent)  # warm-up
     m, c = patched()
     nodes.common_ksampler(m, 0, 2, 5.0, "euler", "normal", c, neg, latent)
-    times = {k: [] for k in runs}
-    for r in range(a.repeats):
-        for k in (list(runs) if r % 2 == 0 else list(runs)[::-1]):
-            m, c = runs[k]()
-            t0 = time.perf_counter()
-            nodes.common_ksampler(m, 0, a.steps, 5.0, "euler", "normal", c, neg, latent)
-            times[k].append(time.perf_counter() - t0)
-    ratios = [p / q for p, q in zip(times["patched"], times["plain"])]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"PersonaMagic {a.steps} steps {a.size}px: median plain {med['plain']:.3f}s  patched {med['patched']:.3f}s  "
-          f"ratio patched/plain (median of {len(ratios)} pairs) {statistics.median(ratios):.3f}  "
-          f"(pair ratios {min(ratios):.3f}..{max(ratios):.3f})")
+    def sample(m, c):
+        nodes.common_ksampler(m, 0, a.steps, 5.0, "euler", "normal", c, neg, latent)
 
+    times = _boot.alternating_pairs({k: sample for k in runs}, a.repeats, setups=runs)
+    print(f"PersonaMagic {a.steps} steps {a.size}px: " + _boot.pair_ratio_line(times, "patched", "plain"))
 
 if __name__ == "__main__":
     main()

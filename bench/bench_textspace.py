@@ -7,13 +7,14 @@ same work. Runs are interleaved in pairs with the order alternating; the median 
 is the figure (CPU timing noise on a 2-core machine is several percent per run).
 """
 import argparse
-import statistics
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import _boot  # noqa: E402
 
 
 def main():
@@ -46,18 +47,12 @@ def main():
     latent = nodes.EmptyLatentImage().generate(a.size, a.size, 1)[0]
     shapes = {k: (tuple(c[0][0].shape), c[0][0].dtype) for k, c in conds.items()}
     print(f"context shape/dtype: {shapes}; identical: {len(set(shapes.values())) == 1}")
-    times = {k: [] for k in conds}
     nodes.common_ksampler(model, 0, 1, 5.0, "euler", "normal", conds["plain"], neg, latent)  # warm-up
-    for r in range(a.repeats):  # pairs, order alternating
-        for k in (list(conds) if r % 2 == 0 else list(conds)[::-1]):
-            t0 = time.perf_counter()
-            nodes.common_ksampler(model, 0, a.steps, 5.0, "euler", "normal", conds[k], neg, latent)
-            times[k].append(time.perf_counter() - t0)
-    ratios = [i / p for i, p in zip(times["identity"], times["plain"])]
-    med = {k: statistics.median(v) for k, v in times.items()}
-    print(f"median plain {med['plain']:.3f}s  identity {med['identity']:.3f}s  "
-          f"ratio (median of {len(ratios)} pairs) {statistics.median(ratios):.3f}  "
-          f"(pair ratios {min(ratios):.3f}..{max(ratios):.3f})")
+    times = _boot.alternating_pairs({k: (lambda k=k: nodes.common_ksampler(model, 0, a.steps, 5.0, "euler", "normal",
+                                                                             conds[k], neg, latent)) for k in conds},
+                                    a.repeats)
+    print(_boot.pair_ratio_line(times, "identity", "plain"))
+
 
 if __name__ == "__main__":
     main()

@@ -21,7 +21,11 @@ Rules (see ``shared/reference/style.md``):
   a ``model.clone()``; a chain that another MODEL shares is never mutated;
 * keys are enumerated from the loaded UNet (:func:`cross_attention_layers`), never from tables;
 * the step window is resolved from ``transformer_options['sigmas']`` once per model call
-  (memoised on the sigmas tensor object, so there is one host sync per step, not per layer);
+  (memoised on the sigmas tensor object, so there is one host sync per step, not per layer); an
+  entry may carry a ``step_rule(i, steps)`` instead, decided on the step index of this call within
+  the sampler's run (``transformer_options['sample_sigmas']``, which ComfyUI's sampler publishes,
+  samplers.py:972), for methods whose official switch-on rule counts steps; calls without
+  ``sample_sigmas`` fall back to the entry's sigma window;
 * an entry that is inactive (outside its window, strength 0) leaves the output untouched: with no
   active entry the result is bit-identical to the unpatched model (or to the foreign base alone);
 * ``__deepcopy__`` (ModelPatcher.clone) shares the weights, ``to()``/``models()`` forward to the
@@ -125,6 +129,26 @@ def current_sigma(extra_options) -> Optional[float]:
     return value
 
 
+def current_step(extra_options, sigma) -> Optional[tuple]:
+    """(i, steps): the step of the sampler's run this call belongs to, from ``sample_sigmas`` (the run's
+    schedule, published by ComfyUI's sampler); a sampler's intermediate sigma between two steps counts
+    as the earlier step. None when the call carries no schedule."""
+    schedule = extra_options.get("sample_sigmas")
+    if schedule is None or sigma is None:
+        return None
+    cached = getattr(_memo, "schedule", None)
+    if cached is not None and cached[0] is schedule:
+        values = cached[1]
+    else:
+        values = [float(x) for x in torch.as_tensor(schedule).detach().reshape(-1).tolist()]
+        _memo.schedule = (schedule, values)
+    steps = len(values) - 1
+    if steps < 1:
+        return None
+    reached = sum(1 for s in values[:-1] if s >= sigma * (1 - 1e-4))
+    return max(reached - 1, 0), steps
+
+
 def sigma_window(model, start_percent, end_percent):
     """(sigma_start, sigma_end) from percents of the denoising run, through the model's own
     ``model_sampling.percent_to_sigma`` (resolved once, at apply time)."""
@@ -154,14 +178,17 @@ class Entry:
     sigma_end: float = 0.0
     strength: float = 1.0
     foreign_kwargs: dict = field(default=None)
+    step_rule: Optional[Callable] = None  # (i, steps) -> bool; replaces the sigma window inside a sampler run
 
     @property
     def foreign(self):
         return self.foreign_kwargs is not None
 
-    def active(self, sigma):
+    def active(self, sigma, step=None):
         if self.strength == 0:
             return False
+        if self.step_rule is not None and step is not None:
+            return bool(self.step_rule(*step))
         if sigma is None:
             if not self.foreign:
                 return True
@@ -265,9 +292,10 @@ class AttnChain:
         if not self.entries:
             return out
         sigma = current_sigma(extra_options)
+        step = current_step(extra_options, sigma) if any(e.step_rule for e in self.entries) else None
         result = out
         for e in self.entries:
-            if not e.active(sigma):
+            if not e.active(sigma, step):
                 continue
             if e.foreign:  # IPAdapter's convention: the running output, its own kwargs
                 res = e.callback(result, q, k, v, extra_options, **e.foreign_kwargs)

@@ -35,9 +35,11 @@ class FP_ApplyStyleCrossAttention:
                 "strength": ("FLOAT", {"default": 0.4, "min": -2.0, "max": 5.0, "step": 0.05, "tooltip":
                     "lambda of f_text + lambda*SCA (paper: 1 in training, 0.4 at inference). 0 = model unchanged."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                            "tooltip": "SCA is off before this point of the denoising (paper: always on)."}),
+                                            "tooltip": "Fraction of the sampling steps that run without the face: steps up to "
+                                                       "int(start x steps) stay plain (0 = from the first step, as the paper)."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "SCA is off after this point of the denoising."}),
+                                          "tooltip": "Fraction of the sampling steps after which the face stops "
+                                                     "being added (1 = until the last step)."}),
             },
             "optional": {
                 "attn_mask": ("MASK", {"tooltip": "Optional region mask multiplying the SCA residual (identity per region)."}),

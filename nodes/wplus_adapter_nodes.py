@@ -36,11 +36,13 @@ class ApplyResidualCrossAttention:
                 "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512]: one code for the whole batch, or one per "
                                                "image of the batch."}),
                 "strength": ("FLOAT", {"default": 1.0, "min": -2.0, "max": 5.0, "step": 0.05, "tooltip": _STRENGTH_TIP}),
-                "start_percent": ("FLOAT", {"default": 0.22, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                    "Residual is off before this point of the denoising. 0.22 reproduces the official rule "
-                    "(off for steps i <= int(0.2*steps)) with the normal/simple schedulers."}),
+                "start_percent": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
+                    "Fraction of the sampling steps that run without the face, so the layout forms first: steps "
+                    "up to int(start x steps) stay plain (0.2 = the official W+ Adapter rule; 0 = face from the "
+                    "first step). Higher = more freedom for the prompt, less likeness."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
-                                          "tooltip": "Residual is off after this point of the denoising."}),
+                                          "tooltip": "Fraction of the sampling steps after which the face stops "
+                                                     "being added (1 = until the last step)."}),
             },
             "optional": {
                 "attn_mask": ("MASK", {"tooltip": "Optional region mask: the W+ residual is multiplied by it, so "

@@ -18,15 +18,23 @@ SHARED_DATA = SHARED / "data"
 
 def pytest_addoption(parser):
     parser.addoption("--shuffle", metavar="SEED", type=int, default=None,
-                     help="run the collected tests in a random order drawn from SEED (order-independence check)")
+                     help="run the modules, and the tests within each, in a random order drawn from SEED (order-independence check)")
 
 
 def pytest_collection_modifyitems(config, items):
     seed = config.getoption("--shuffle")
-    if seed is not None:
+    if seed is not None:  # modules in a random order, and the tests of each module in a random order
         import random
 
-        random.Random(seed).shuffle(items)
+        rng = random.Random(seed)
+        by_module = {}
+        for item in items:
+            by_module.setdefault(item.nodeid.split("::")[0], []).append(item)
+        groups = list(by_module.values())
+        rng.shuffle(groups)
+        for group in groups:
+            rng.shuffle(group)
+        items[:] = [item for group in groups for item in group]
 
 
 def pytest_report_header(config):
@@ -120,7 +128,8 @@ def _rss_mb():
 def _release_memory_after_module():
     """The whole suite runs in one process (ComfyUI booted once): after each module drop what its fixtures
     held, unload ComfyUI's models and hand freed heap back to the OS, so memory does not pile up across
-    modules (a 2-core, 24 GB CI machine)."""
+    modules (a 2-core, 24 GB CI machine). For the same reason fixtures that hold models are module-scoped
+    (only ComfyUI itself, file names and the browser are session-wide)."""
     yield
     import gc
 

@@ -41,12 +41,21 @@ def test_tiny_checkpoint_detected(comfy, install_model, kind, family):
 
 
 def test_txt2img_in_process(comfy, tiny_sd15):
-    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
+    """Smoke test of the harness, plus one real check: the graph's image is what ComfyUI's own sampler and
+    VAE give when called directly with the same seed and settings (the executor runs what we think)."""
+    import nodes
+
     outputs = comfy.run(txt2img(tiny_sd15, prefix="host_txt2img"))
     files = comfy.output_files(outputs)
     assert len(files) == 1 and files[0].exists()
     img = np.asarray(Image.open(files[0]))
     assert img.shape == (64, 64, 3)
+    model, clip, vae = nodes.CheckpointLoaderSimple().load_checkpoint(tiny_sd15)[:3]
+    pos, neg = (nodes.CLIPTextEncode().encode(clip, t)[0] for t in ("a photo of a person", "blurry"))
+    latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
+    sampled = nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", pos, neg, latent)[0]
+    direct = (vae.decode(sampled["samples"])[0].clamp(0, 1).numpy() * 255.0).round()
+    assert np.abs(img.astype(np.float32) - direct).max() <= 1.0
 
 
 def test_controlnet_loads_and_applies(comfy, tiny_sd15, tiny_controlnet):
@@ -62,3 +71,7 @@ def test_controlnet_loads_and_applies(comfy, tiny_sd15, tiny_controlnet):
     base = np.asarray(Image.open(comfy.output_files(comfy.run(txt2img(tiny_sd15, prefix="host_nocn")))[0]), dtype=np.int16)
     with_cn = np.asarray(Image.open(comfy.output_files(comfy.run(prompt))[0]), dtype=np.int16)
     assert np.abs(base - with_cn).max() > 0, "the ControlNet had no effect"
+    prompt["apply"]["inputs"]["strength"] = 0.0  # core skips a strength-0 ControlNet: the plain image again
+    prompt["save"]["inputs"]["filename_prefix"] = "host_cn0"
+    off = np.asarray(Image.open(comfy.output_files(comfy.run(prompt))[0]), dtype=np.int16)
+    assert np.array_equal(off, base)

@@ -33,12 +33,18 @@ def test_nodes_in_object_info(server, pack):
         assert info[node_id]["python_module"].startswith("custom_nodes.")
 
 
-def test_prompt_over_http(server, tiny_sd15):
-    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
+def test_prompt_over_http(server, tiny_sd15, comfy):
+    """Smoke test over HTTP, plus one real check: the server's image equals the in-process executor's for the
+    same prompt, pixel for pixel (same ComfyUI, same models, CPU)."""
+    import numpy as np
+
     outputs = server.run(txt2img(tiny_sd15, prefix="server_txt2img"))
     images = server.fetch_images(outputs)
     assert len(images) == 1
-    assert Image.open(io.BytesIO(images[0])).size == (64, 64)
+    over_http = np.asarray(Image.open(io.BytesIO(images[0])))
+    assert over_http.shape == (64, 64, 3)
+    local = np.asarray(Image.open(comfy.output_files(comfy.run(txt2img(tiny_sd15, prefix="server_local")))[0]))
+    assert np.abs(over_http.astype(np.int16) - local.astype(np.int16)).max() <= 1  # two processes' float rounding
 
 
 def test_bad_prompt_keeps_server_serving(server, tiny_sd15):

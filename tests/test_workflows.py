@@ -19,9 +19,16 @@ def provision(comfy, comfy_home):
     install_all(comfy_home)
 
 
-def test_there_are_workflows():
-    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
+def test_every_workflow_is_documented():
+    """workflows/ is not empty, and each workflow carries a note saying what to set and is named in the README
+    (a workflow nobody can find or read is not an example)."""
     assert WORKFLOWS, "workflows/ is empty"
+    readme = (WORKFLOWS[0].parents[1] / "README.md").read_text(encoding="utf-8")
+    for path in WORKFLOWS:
+        ui = wf.load(path)
+        notes = [n for n in ui["nodes"] if n["type"] in ("MarkdownNote", "Note")]
+        assert notes and any(len(str(n.get("widgets_values", ""))) > 40 for n in notes), f"{path.name}: no note"
+        assert path.stem in readme, f"{path.name} is not mentioned in README.md"
 
 
 def _shrink_training(prompt):

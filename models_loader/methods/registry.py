@@ -110,7 +110,7 @@ def _build_personamagic(model, clip, asset, text, trigger="<persona>", clip_visi
 
 METHODS = {m.name: m for m in (
     Method("wplus_rca", "W+ Adapter residual cross-attention", ATTENTION, "wplus", _load_wplus,
-           _residual(1.0, 0.22), off={"strength": 0.0}, nodes=("FP_LoadWPlusAdapter", "ApplyResidualCrossAttention")),
+           _residual(1.0, 0.2), off={"strength": 0.0}, nodes=("FP_LoadWPlusAdapter", "ApplyResidualCrossAttention")),
     Method("pidiff_sca", "PIDiff style cross-attention", ATTENTION, "pidiff", _load_pidiff,
            _residual(0.4, 0.0), off={"strength": 0.0}, nodes=("FP_LoadPIDiff", "FP_ApplyStyleCrossAttention")),
     Method("crossinit", "Cross Initialization", TEXT_TOKENS, None, _load_names, _build_crossinit,

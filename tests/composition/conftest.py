@@ -4,7 +4,7 @@ import pytest
 import torch
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_unet(comfy):
     import comfy.model_patcher
     from fixtures.tiny.sd import build_model
@@ -13,21 +13,21 @@ def tiny_unet(comfy):
                                             offload_device=torch.device("cpu"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def layers(tiny_unet):
     from comfyui_face_personalization.models_loader.patch_engine import cross_attention_layers
 
     return cross_attention_layers(tiny_unet)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ip_layers(layers):
     from peers import ToyIPLayers
 
     return ToyIPLayers(layers)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def residual_methods(comfy):
     """{"rca": (loaded weights, raw official-layout dict), "sca": ...}; raw: {"w_proj": .., "layers": [(wq, wk, wv)]}
     with layer n of the UNet's cross-attention enumeration (down, up, mid) = official index 2n+1."""

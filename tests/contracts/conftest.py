@@ -14,7 +14,7 @@ T_STAGE = 600.0  # a timestep where every method is on (PersonaMagic's mapper st
 TRIGGERS = {"crossinit": "<ci>", "adaface": "<ada>", "personamagic": "<persona>"}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def base(comfy):
     import comfy.sd
     from fixtures import tiny
@@ -23,7 +23,7 @@ def base(comfy):
     return model, clip
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def assets(comfy, shared_data):
     from fixtures import tiny
     from comfyui_face_personalization.models_loader.methods.registry import method

@@ -8,12 +8,12 @@ import torch
 from PIL import Image
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def insightface_root(comfy, comfy_home):
     return Path(comfy_home) / "models" / "insightface"
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_packs(insightface_root):
     """antelopev2 (zip-style nested folder) and buffalo_l (flat) built from the tiny ONNX models."""
     from fixtures.tiny import face as tiny_face
@@ -22,7 +22,7 @@ def tiny_packs(insightface_root):
             "buffalo_l": tiny_face.make_pack(insightface_root, "buffalo_l")}
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def offline_detector(comfy):
     pytest.importorskip("mediapipe")
     from comfyui_face_personalization.models_loader.face.offline import load_offline_detector

@@ -12,7 +12,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from make_workflows import personamagic_basic  # noqa: E402
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def vitb32(comfy):
     """(HF reference model, its state dict) of the tiny ViT-B/32-family checkpoint."""
     import safetensors.torch

@@ -73,7 +73,7 @@ def ref_contexts(clip, tokens, bypass):
 
 
 # ---------------------------------------------------------------- fixtures
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def pm_env(sd15_loaded, pm_bundle):
     from comfy.clip_vision import Output
 

@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def load_ckpt(comfy):
     """load_ckpt(name) -> (MODEL, CLIP, VAE) through core CheckpointLoaderSimple (cached per name)."""
     cache = {}
@@ -21,7 +21,7 @@ def load_ckpt(comfy):
     return load
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def adaface_files(comfy, comfy_home, install_model, shared_data):
     """Tiny AdaFace files in models/adaface and the official mean ArcFace embeddings in models/face_embeds."""
     for sub in ("adaface", "face_embeds", "crossinit"):
@@ -34,7 +34,7 @@ def adaface_files(comfy, comfy_home, install_model, shared_data):
     return files
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def crossinit_files(comfy, comfy_home, shared_data):
     d = Path(comfy_home) / "models" / "crossinit"
     d.mkdir(parents=True, exist_ok=True)
@@ -44,7 +44,7 @@ def crossinit_files(comfy, comfy_home, shared_data):
     return sorted(p.name for p in d.glob("*.bin"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def face_embed(shared_data):
     import torch
 

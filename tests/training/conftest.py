@@ -8,7 +8,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def base_models(comfy):
     """base_models(kind) -> protocol.BaseModels of a tiny checkpoint (cached, frozen, CPU)."""
     cache = {}
@@ -27,7 +27,7 @@ def base_models(comfy):
     return load
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def face_photos(shared_data, tmp_path_factory):
     """Two real face photos (the official CrossInit example identities), copied to a temp folder."""
     d = tmp_path_factory.mktemp("photos")

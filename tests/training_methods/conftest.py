@@ -9,13 +9,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def sd15(comfy, tiny_sd15):
     """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint via core CheckpointLoaderSimple."""
     return comfy.node_classes["CheckpointLoaderSimple"]().load_checkpoint(tiny_sd15)[:3]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def ref(sd15):
     """Independent reference models holding the same weights (diffusers + transformers)."""
     import reference
@@ -24,7 +24,7 @@ def ref(sd15):
     return reference.References(mp, clip, vae)
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def photos(shared_data):
     """identity_set_a: six photos of one person + their face masks, as [-1,1] pixels at 64 px (tiny)."""
     import numpy as np
@@ -42,7 +42,7 @@ def photos(shared_data):
     return torch.stack(imgs), torch.stack(masks), names
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wcodes(shared_data):
     files = sorted((shared_data / "wplus" / "wcodes").glob("*.pth"))
     return torch.stack([torch.load(str(f), weights_only=True, map_location="cpu").float().reshape(18, 512) for f in files])

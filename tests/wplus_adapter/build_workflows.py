@@ -34,7 +34,7 @@ def wplus_basic():
     p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
     p["rca"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
         "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["code", 0],
-        "strength": 1.0, "start_percent": 0.22, "end_percent": 1.0}}
+        "strength": 1.0, "start_percent": 0.2, "end_percent": 1.0}}
     p["sample"]["inputs"]["model"] = ["rca", 0]
     return p
 

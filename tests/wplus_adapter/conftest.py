@@ -13,14 +13,14 @@ def load_wcode(name):
     return torch.load(str(SHARED_WCODES / name), weights_only=True, map_location="cpu").float().detach()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wcodes(shared_data):
     files = sorted(glob.glob(str(shared_data / "wplus" / "wcodes" / "*.pth")))
     assert len(files) >= 2
     return [torch.load(f, weights_only=True, map_location="cpu").float().detach() for f in files]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_unet(comfy):
     """ModelPatcher around a tiny SD1.5 BaseModel (random weights, fp32, CPU)."""
     import comfy.model_patcher
@@ -30,7 +30,7 @@ def tiny_unet(comfy):
     return comfy.model_patcher.ModelPatcher(model, load_device=torch.device("cpu"), offload_device=torch.device("cpu"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def diffusers_unet(tiny_unet):
     """diffusers UNet2DConditionModel with the tiny UNet's weights (converted via comfy.utils.unet_to_diffusers)."""
     import comfy.utils
@@ -53,14 +53,14 @@ def diffusers_unet(tiny_unet):
     return unet.eval().float()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_adapter_path(comfy):
     from fixtures import tiny
 
     return tiny.ensure("wplus_adapter_sd15")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def tiny_pidiff_path(comfy):
     from fixtures import tiny
 

@@ -206,16 +206,24 @@ def test_sdxl_model_with_sd15_adapter_errors(comfy, tiny_sdxl, adapter, wcodes):
     assert "SD1.5" in str(ei.value) or "Stable Diffusion 1.5" in str(ei.value)
 
 
-@pytest.mark.parametrize("scheduler", ["normal", "simple"])
-def test_default_start_reproduces_official_switch_on(tiny_unet, scheduler):
-    """Official: lambda = 0 for steps i <= min(int(0.2*steps), 30); default start_percent 0.22."""
-    import comfy.samplers
-    from comfyui_face_personalization.models_loader.methods.wplus.attention import OFFICIAL_START_PERCENT
-    from comfyui_face_personalization.models_loader.patch_engine import sigma_window
+def test_default_start_reproduces_official_switch_on():
+    """Official: lambda = 0 for steps i <= min(int(0.2*steps), 30), whatever the scheduler (the rule counts steps)."""
+    from comfyui_face_personalization.models_loader.methods.wplus.attention import OFFICIAL_START_PERCENT, StepWindow
 
-    ms = tiny_unet.get_model_object("model_sampling")
-    s_start, _ = sigma_window(tiny_unet, OFFICIAL_START_PERCENT, 1.0)
-    for steps in (15, 20, 25, 30, 40, 50):
-        sigmas = comfy.samplers.calculate_sigmas(ms, scheduler, steps)[:-1].tolist()
-        first_on = next(i for i, s in enumerate(sigmas) if s <= s_start)
-        assert first_on == min(int(0.2 * steps), 30) + 1, steps
+    rule = StepWindow(OFFICIAL_START_PERCENT)
+    for steps in range(1, 151):
+        first_on = next((i for i in range(steps) if rule(i, steps)), steps)
+        assert first_on == min(int(0.2 * steps), 30) + 1 or first_on == steps, steps
+    assert all(StepWindow(0.0)(i, 10) for i in range(10))  # 0: on from the first step
+    assert [StepWindow(0.0, 0.5)(i, 10) for i in range(10)] == [True] * 5 + [False] * 5
+
+
+def test_step_index_within_the_run():
+    """current_step: a call at the run's k-th sigma is step k; a sampler's intermediate sigma counts as the
+    step it started from; no schedule -> None (the sigma window applies)."""
+    from comfyui_face_personalization.models_loader.patch_engine import current_step
+
+    schedule = torch.tensor([14.6, 7.0, 3.0, 1.0, 0.0])
+    assert [current_step({"sample_sigmas": schedule}, s) for s in (14.6, 7.0, 3.0, 1.0)] == [(i, 4) for i in range(4)]
+    assert current_step({"sample_sigmas": schedule}, 5.0) == (1, 4)
+    assert current_step({}, 5.0) is None

@@ -64,10 +64,7 @@ def test_pidiff_graph(comfy, tiny_sd15, wplus_models):
 
 
 @pytest.mark.parametrize("scheduler,steps,strength", [
-    ("simple", 10, 0.87), ("normal", 20, 0.88),
-    # normal spaces its timesteps over steps - 1 intervals: at 10 steps step 2 sits at 22.2 %, so the
-    # residual switches on one step early (official: off for i <= 2)
-    pytest.param("normal", 10, 0.89, marks=pytest.mark.xfail(strict=True, reason="0.22 is one step early for normal@10")),
+    ("simple", 10, 0.87), ("normal", 20, 0.88), ("normal", 10, 0.89), ("karras", 14, 0.86), ("normal", 50, 0.85),
 ])
 def test_start_percent_default_switches_on_like_official(comfy, tiny_sd15, wplus_models, monkeypatch, scheduler,
                                                          steps, strength):

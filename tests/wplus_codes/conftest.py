@@ -6,26 +6,26 @@ from pathlib import Path
 import pytest
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e4e_name(comfy, comfy_home, install_model):
     """File name of the generated full-size e4e in models/e4e (official key layout, random weights)."""
     (Path(comfy_home) / "models" / "e4e").mkdir(parents=True, exist_ok=True)
     return install_model("e4e", "e4e")
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e4e_path(e4e_name, comfy_home):
     return Path(comfy_home) / "models" / "e4e" / e4e_name
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def e4e_encoder(e4e_path):
     from comfyui_face_personalization.models_loader.methods.wplus import e4e
 
     return e4e.load_e4e(str(e4e_path))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def wplus_dirs(comfy, comfy_home, shared_data):
     """Copies the shared W+ data: codes -> models/wplus/codes/, InterFaceGAN .pt, latent-direction .npy
     -> models/wplus/directions/, GANSpace -> models/wplus/directions/ganspace/. Returns the two dirs."""

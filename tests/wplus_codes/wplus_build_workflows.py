@@ -43,7 +43,7 @@ def wplus_edit_prompt(ckpt=CKPT, adapter=ADAPTER, code="e4e_1.pth"):
         "b3": {"class_type": "FP_WPlusBatch", "inputs": {"wplus_a": ["b2", 0], "wplus_b": ["smile", 0]}},
         "rca": {"class_type": "ApplyResidualCrossAttention", "inputs": {
             "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["b3", 0], "strength": 1.0,
-            "start_percent": 0.22, "end_percent": 1.0}},
+            "start_percent": 0.2, "end_percent": 1.0}},
         "pos": {"class_type": "CLIPTextEncode", "inputs": {"text": "a woman wearing a red shirt in a garden",
                                                            "clip": ["ckpt", 1]}},
         "neg": {"class_type": "CLIPTextEncode", "inputs": {"text": "", "clip": ["ckpt", 1]}},

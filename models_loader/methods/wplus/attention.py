@@ -13,17 +13,31 @@ ComfyUI this is an entry of the shared attn2 engine (:mod:`...patch_engine`): th
 device/dtype) and returns ``lambda * h_w`` (times an optional region mask); ComfyUI applies ``to_out``.
 """
 import copy
+from dataclasses import dataclass
 
 import torch
 
 from ... import patch_engine
 from .adapter import check_wplus, map_to_model
 
-# Official switch-on rule: lambda = 0 for steps i <= min(int(0.2 * steps), 30). With ComfyUI's
-# normal/simple schedulers, step i sits at percent ~ i/steps, so start_percent 0.22 turns the
-# residual on at the first step i >= 0.22 * steps: the official step for 10, 20, 25, 30, 40, 50 steps
-# (and within one step otherwise; the 30-step cap only matters beyond 150 steps).
-OFFICIAL_START_PERCENT = 0.22
+# Official switch-on rule (W+ Adapter pipeline): lambda = 0 for steps i <= min(int(0.2 * steps), 30).
+# Inside a sampler run the window counts steps the same way (StepWindow): start_percent 0.2 gives the
+# official steps for every step count up to 150 (the official cap at step 30 is not reproduced, so a
+# user's start_percent means what it says at any length). Outside a sampler run (no schedule
+# published) the sigma window from percent_to_sigma applies.
+OFFICIAL_START_PERCENT = 0.2
+
+
+@dataclass(frozen=True)
+class StepWindow:
+    """Active at step i of `steps` unless i <= int(start * steps) (start > 0) or i >= end * steps (end < 1)."""
+    start: float
+    end: float = 1.0
+
+    def __call__(self, i, steps):
+        if self.start > 0 and i <= int(self.start * steps):
+            return False
+        return self.end >= 1.0 or i < self.end * steps
 
 
 class ResidualParams:
@@ -143,6 +157,7 @@ def apply_residual_cross_attention(model, weights, wplus, strength=1.0, start_pe
 
     def make_entry(layer):
         return patch_engine.Entry(method=method, callback=residual_attention, params=LayerParams(shared, by_key[layer.key]),
-                                  sigma_start=sigma_start, sigma_end=sigma_end)
+                                  sigma_start=sigma_start, sigma_end=sigma_end,
+                                  step_rule=StepWindow(start_percent, end_percent))
 
     return patch_engine.add_entry(model, [layer for layer, _ in pairs], make_entry)
