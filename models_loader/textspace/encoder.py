@@ -121,10 +121,16 @@ class TextEncoder:
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self._linear(attn.out_proj, out.transpose(1, 2).reshape(b, n, d))
 
-    def __call__(self, embeds, eos_index=None, attention_mask=None):
+    def _layer(self, layer, x, mask):
+        x = x + self._attention(layer.self_attn, self._norm(layer.layer_norm1, x), mask)
+        mlp = layer.mlp
+        return x + self._linear(mlp.fc2, mlp.activation(self._linear(mlp.fc1, self._norm(layer.layer_norm2, x))))
+
+    def __call__(self, embeds, eos_index=None, attention_mask=None, checkpointing=False):
         """``embeds`` [B, L, D] input embeddings (no positions) -> :class:`EncoderOutput`.
         ``eos_index`` [B]: position of each row's end token (for ``pooled``); ``attention_mask`` [B, L]
-        (1 = keep) only for models that ComfyUI runs with attention masks."""
+        (1 = keep) only for models that ComfyUI runs with attention masks; ``checkpointing``: recompute each
+        layer in the backward pass instead of keeping its activations (training memory)."""
         tm = self.text_model
         x = embeds.float() + tm.embeddings.position_embedding.weight[:embeds.shape[1]].to(embeds.device, torch.float32)
         n = x.shape[1]
@@ -137,9 +143,12 @@ class TextEncoder:
         last_needed = len(layers) if eos_index is not None else stop
         hidden = None
         for i, layer in enumerate(layers[:last_needed]):
-            x = x + self._attention(layer.self_attn, self._norm(layer.layer_norm1, x), mask)
-            mlp = layer.mlp
-            x = x + self._linear(mlp.fc2, mlp.activation(self._linear(mlp.fc1, self._norm(layer.layer_norm2, x))))
+            if checkpointing and torch.is_grad_enabled():
+                from torch.utils.checkpoint import checkpoint
+
+                x = checkpoint(self._layer, layer, x, mask, use_reentrant=False)
+            else:
+                x = self._layer(layer, x, mask)
             if i == stop - 1:
                 hidden = x
         final = tm.final_layer_norm

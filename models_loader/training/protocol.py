@@ -52,7 +52,7 @@ The rules
 Gradient checkpointing / latent caching / precision are in ``spec`` (``gradient_checkpointing``,
 ``cache_latents``, ``precision``); a trainer honours the first two (helpers in :mod:`.diffusion`: ``checkpointed`` (per-block UNet
 checkpointing), ``vae_posterior``, ``add_noise``, ``target``, ``unet_forward``, ``sdxl_y``; text encoding with
-gradients: :mod:`.text_forward` or core's :mod:`..textspace.encoder`).
+gradients: :class:`..textspace.TextEncoder`).
 
 FP_TrainingResult outputs ``load_result(status["outputs"])`` as its ``trained`` socket (type ``*``); declare
 ``RESULT_TYPE`` so nodes/docs know what it is (``IDENTITY_EMBEDDING``, ``PERSONAMAGIC_MAPPER``,

@@ -159,6 +159,37 @@ def test_save_then_plain_embedding_syntax(comfy, comfy_home, load_ckpt, tiny_sd1
     assert torch.equal(ident2["vectors"], sd["emb_params"])
 
 
+def test_sdxl_one_pair_per_encoder_through_core_embedding_syntax(comfy, comfy_home, load_ckpt, tiny_sdxl):
+    """SDXL: CrossInit makes one token pair per text encoder (clip_l 768, clip_g 1280); Save Identity Embedding
+    writes them as core's SDXL embedding file (keys clip_l / clip_g), and a plain CLIPTextEncode with
+    embedding:name gives exactly the trigger-word conditioning on both encoders [1, 77, 2048]."""
+    from pathlib import Path
+
+    import safetensors.torch
+
+    _, clip, _ = load_ckpt(tiny_sdxl)
+    patched, ident = comfy.node_classes["CrossInitEmbedding"]().execute(clip, "<x>")
+    vectors = ident["vectors"]
+    assert {k: tuple(v.shape) for k, v in vectors.items()} == {"clip_l": (2, 768), "clip_g": (2, 1280)}
+    for v in vectors.values():
+        assert torch.isfinite(v).all() and (v[0] - v[1]).abs().max() > 1e-3
+    out = comfy.node_classes["FP_SaveIdentityEmbedding"]().execute(ident, "fp_test_ci_sdxl", True)
+    path = Path(comfy_home) / "models" / "embeddings" / "fp_test_ci_sdxl.safetensors"
+    assert path.is_file() and "embedding:fp_test_ci_sdxl" in out["ui"]["text"][0]
+    sd = safetensors.torch.load_file(str(path))
+    assert sorted(sd) == ["clip_g", "clip_l"]
+    assert all(torch.equal(sd[k], vectors[k]) for k in sd)
+    text = "a photo of {} person, (smiling:1.2)"
+    a = patched.encode_from_tokens(patched.tokenize(text.format("<x>")))
+    b = clip.encode_from_tokens(clip.tokenize(text.format("embedding:fp_test_ci_sdxl")))
+    assert a.shape[-1] == 2048 and torch.equal(a, b)
+    plain = clip.encode_from_tokens(clip.tokenize(text.format("someone")))
+    assert (a - plain).abs().max() > 1e-3  # the tokens do reach both encoders' conditioning
+    _, back = comfy.node_classes["FP_LoadIdentityEmbedding"]().execute(clip, "embeddings/fp_test_ci_sdxl.safetensors",
+                                                                      "<y>")
+    assert sorted(back["vectors"]) == ["clip_g", "clip_l"] and all(torch.equal(back["vectors"][k], sd[k]) for k in sd)
+
+
 def test_custom_names_file(tmp_path, load_ckpt, tiny_sd15, names):
     """A custom names file gives the official initialisation over exactly those names (HF reference)."""
     from comfyui_face_personalization.models_loader.methods.crossinit import core

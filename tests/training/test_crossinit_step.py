@@ -17,9 +17,9 @@ import torch.nn.functional as F
 
 def _mods():
     from comfyui_face_personalization.models_loader.methods.crossinit import train as ci
-    from comfyui_face_personalization.models_loader.training import loop, text_forward
+    from comfyui_face_personalization.models_loader.training import loop
 
-    return ci, loop, text_forward
+    return ci, loop
 
 RES = 64
 SCALE = 0.18215  # SD1.x / SD2.x latent scale factor
@@ -166,7 +166,7 @@ def _split(ci, inputs, trigger):
 
 
 def test_templates_are_the_official_list(comfy):
-    ci, _, _ = _mods()
+    ci, _ = _mods()
     assert len(ci.TEMPLATES) == 81 and len(set(ci.TEMPLATES)) == 57
     assert ci.TEMPLATES[0] == "a photo of a {}" and ci.TEMPLATES[27] == "an illustration of a {}"
     assert ci.TEMPLATES[-1] == "a depiction of a small {}"
@@ -175,7 +175,7 @@ def test_templates_are_the_official_list(comfy):
 
 @pytest.mark.parametrize("kind", ["sd15", "sd2"])
 def test_crossinit_step_matches_reference(base_models, face_photos, kind):
-    ci, loop, _ = _mods()
+    ci, loop = _mods()
     base = base_models(kind)
     photos = torch.stack([ci.load_photo(p, RES) for p in face_photos])
     trainer = ci.CrossInitTrainer(base.model, base.clip, base.vae, photos, trigger="<t>", lr=0.000625 * 8,
@@ -220,20 +220,23 @@ def test_crossinit_step_matches_reference(base_models, face_photos, kind):
 
 
 @pytest.mark.parametrize("kind", ["sd15", "sd2", "sdxl"])
-def test_text_forward_equals_comfyui_encoding(base_models, kind):
-    """The out-of-place forward with inline tokens equals ComfyUI's own encode_from_tokens."""
+def test_trainer_encoding_equals_comfyui_encoding(base_models, kind):
+    """The trainer's differentiable encoding of a training prompt (its rows inserted out of place) equals
+    ComfyUI's own encode_from_tokens of that prompt with the same rows applied as inference applies them."""
     from comfyui_face_personalization.models_loader.textspace import trigger as clip_tokens
 
-    _, _, text_forward = _mods()
+    ci, _ = _mods()
     base = base_models(kind)
     clip = base.clip
     vec = {k: torch.randn(2, w, generator=torch.Generator().manual_seed(3)) * 0.02
            for k, w in clip_tokens.encoder_specs(clip)}
+    trainer = ci.CrossInitTrainer(base.model, clip, base.vae, torch.zeros(1, 3, RES, RES), trigger="<t>", init=vec,
+                                  resolution=RES)
     patched = clip_tokens.apply_trigger(clip, "<t>", vec)
     text = "a photo of a face of <t> person"
     with torch.no_grad():
         ref_cond, ref_pooled = patched.encode_from_tokens(patched.tokenize(text), return_pooled=True)
-        cond, pooled = text_forward.encode_tokens(clip, [text_forward.tokenize(patched, text)])
+        cond, pooled = trainer.encode([text])
     assert cond.shape == ref_cond.shape
     assert (cond - ref_cond).abs().max() <= 1e-5 * ref_cond.abs().max()
     if kind == "sdxl":

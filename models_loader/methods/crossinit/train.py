@@ -7,9 +7,11 @@ templates). Loss ``mse(unet(x_t, t, text(prompt)), ε) + reg_weight · pairwise_
 (``F.pairwise_distance`` with its eps=1e-6). AdamW(lr 0.000625×8 = 0.005, betas 0.9/0.999, eps 1e-8,
 wd 1e-2) on the two token rows only (the official restores every other row of the embedding matrix).
 
-The two rows are inserted exactly as inference does: the trigger word is rewritten by
-:func:`...clip_tokens.apply_trigger` to inline tensor tokens, ComfyUI's ``process_tokens`` places them,
-then the text encoder runs over ComfyUI's weights out of place (:mod:`...training.text_forward`).
+The two rows are placed where inference places them: ComfyUI's tokenizer reads the prompt with the
+trigger word standing for the rows (:func:`...textspace.trigger.trigger_slots`, rows found by tensor
+identity), they are inserted into the token embeddings out of place and the text encoder runs over
+ComfyUI's weights out of place (:class:`...textspace.TextEncoder`, the forward inference and every
+text-space trainer use).
 """
 import json
 import os
@@ -18,8 +20,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from ... import textspace
 from ...textspace import trigger as clip_tokens
-from ...training import diffusion, text_forward
+from ...training import diffusion
 from ...training.protocol import ADAMW_DEFAULTS
 from . import core
 
@@ -116,7 +119,6 @@ PRESETS = {
     "fast": {"steps": 25, "learning_rate": 0.08, "batch": 8, "grad_accum": 1},
 }
 REG_WEIGHT = 1e-5
-_SENTINEL = 1.0e4  # placeholder rows handed to the tokenizer: row i = SENTINEL + i
 
 
 def load_photo(path, resolution):
@@ -153,10 +155,8 @@ class CrossInitTrainer:
         self.kind = diffusion.prediction_type(self.model)
         self.scale = diffusion.scale_factor(self.model)
         self.n_tokens = next(iter(self.init.values())).shape[0]
-        sentinel = {k: (_SENTINEL + torch.arange(self.n_tokens, dtype=torch.float32)).view(-1, 1).expand(-1, v.shape[-1]).contiguous()
-                    for k, v in self.init.items()}
-        self._tokenizer_clip = clip_tokens.apply_trigger(clip, trigger, sentinel, what="training placeholder")
-        self._tokens = {}
+        self.encoders = textspace.TextEncoder.of_clip(clip)  # SDXL: clip_l then clip_g, as ComfyUI concatenates
+        self._layouts = {}
         self._posterior = {}
 
     # -- protocol ---------------------------------------------------------------------------------
@@ -197,20 +197,38 @@ class CrossInitTrainer:
         return {"loss": mse + reg, "mse": mse, "reg": reg}
 
     # -- pieces -----------------------------------------------------------------------------------
-    def tokens(self, prompt):
-        if prompt not in self._tokens:
-            self._tokens[prompt] = text_forward.tokenize(self._tokenizer_clip, prompt)
-        return self._tokens[prompt]
-
-    def _substitute(self, key, tensor_token):
-        row = int(round(float(tensor_token.reshape(-1)[0]) - _SENTINEL))
-        if not 0 <= row < self.n_tokens:
-            raise ValueError("unexpected tensor token in a training prompt")
-        return self.params[key][row]
+    def layout(self, prompt):
+        """{encoder key: (token ids [L], end-token position, [(position, trainable row)])} of one prompt."""
+        if prompt not in self._layouts:
+            chunks = clip_tokens.trigger_slots(self.clip, prompt, self.trigger, self.n_tokens)
+            out = {}
+            for key, enc in self.encoders.items():
+                if len(chunks[key]) != 1:
+                    raise ValueError(f"training prompts must fit one 77-token chunk, {prompt!r} needs {len(chunks[key])}")
+                ids, weights, slots, inline = clip_tokens.slot_layout(chunks[key])
+                if not bool(torch.all(weights == 1.0)) or inline:
+                    raise ValueError(f"training prompts may not use prompt weights or embeddings, got {prompt!r}")
+                end = int((ids[0] == enc.special_tokens["end"]).int().argmax())
+                out[key] = (ids[0], end, [(p, k) for _, p, k in slots])
+            self._layouts[prompt] = out
+        return self._layouts[prompt]
 
     def encode(self, prompts):
-        return text_forward.encode_tokens(self.clip, [self.tokens(p) for p in prompts], self._substitute,
-                                          checkpointing=self.gradient_checkpointing)
+        """(cond [B, 77, D_total], pooled [B, D] of the last encoder) of the prompts with the current trainable
+        rows, differentiable w.r.t. them; equal to ComfyUI's encoding of the same prompt with those rows."""
+        layouts = [self.layout(p) for p in prompts]
+        contexts, pooled = [], None
+        for key, enc in self.encoders.items():
+            ids = torch.stack([lay[key][0] for lay in layouts])
+            positions = [(b, p) for b, lay in enumerate(layouts) for p, _ in lay[key][2]]
+            rows = torch.tensor([k for lay in layouts for _, k in lay[key][2]], dtype=torch.long)
+            embeds = textspace.insert_rows(enc.token_embeddings(ids), positions,
+                                           self.params[key][rows.to(self.params[key].device)])
+            out = enc(embeds, eos_index=torch.tensor([lay[key][1] for lay in layouts]),
+                      checkpointing=self.gradient_checkpointing)
+            contexts.append(out.context)
+            pooled = out.pooled
+        return torch.cat(contexts, dim=-1), pooled
 
     def _posterior_of(self, idx, flip):
         key = (idx, flip)
