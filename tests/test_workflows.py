@@ -41,7 +41,7 @@ def _shrink_training(prompt):
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_runs(comfy, provision, path):
-    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
+    """Smoke test (the numerical oracles live in the method tests), plus: no saved image is flat."""
     ui = wf.load(path)
     prompt = wf.ui_to_api(ui, comfy.input_types)
     _shrink_training(prompt)
@@ -49,6 +49,12 @@ def test_workflow_runs(comfy, provision, path):
     assert outputs, f"{path.name} produced no outputs"
     files = comfy.output_files(outputs)
     assert all(f.exists() for f in files)
+    import numpy as np
+    from PIL import Image
+
+    for f in (f for f in files if f.suffix == ".png"):  # a NaN anywhere upstream saves a flat (black) image
+        img = np.asarray(Image.open(f), dtype=np.float32)
+        assert img.std() > 0, f"{path.name}: {f.name} is a flat image"
 
 
 def test_round_trip_matches(comfy):

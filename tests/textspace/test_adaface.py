@@ -195,7 +195,7 @@ def _img(comfy, outputs):
 
 
 def test_graph_changes_image_and_controlnet_composes(comfy, tiny_sd15, tiny_controlnet, adaface_files, tmp_path, input_image):
-    """Smoke test: it runs end to end (the numerical oracles live in the method tests)."""
+    """Smoke test (the numerical oracles live in the method tests): AdaFace changes the image, ControlNet composes."""
     from PIL import Image
     from harness.graphs import txt2img
 

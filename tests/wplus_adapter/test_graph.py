@@ -61,6 +61,9 @@ def test_pidiff_graph(comfy, tiny_sd15, wplus_models):
     img = _image(comfy, comfy.run(p))
     plain = _image(comfy, comfy.run(txt2img(tiny_sd15, steps=2, prefix="fp_pidiff_plain")))
     assert np.abs(img - plain).max() > 0
+    p["sca"]["inputs"]["strength"] = 0.0  # strength 0 through the graph: the plain image, bit for bit
+    p["save"]["inputs"]["filename_prefix"] = "fp_pidiff_0"
+    assert np.array_equal(_image(comfy, comfy.run(p)), plain)
 
 
 @pytest.mark.parametrize("scheduler,steps,strength", [
