@@ -35,6 +35,9 @@ def pytest_collection_modifyitems(config, items):
         for group in groups:
             rng.shuffle(group)
         items[:] = [item for group in groups for item in group]
+    # browser tests last: Playwright's sync API keeps an asyncio loop running in this thread for the rest of
+    # the session, and the in-process executor (asyncio.run) cannot run after it
+    items.sort(key=lambda item: item.nodeid.startswith("web/"))
 
 
 def pytest_report_header(config):

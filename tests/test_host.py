@@ -54,7 +54,7 @@ def test_txt2img_in_process(comfy, tiny_sd15):
     pos, neg = (nodes.CLIPTextEncode().encode(clip, t)[0] for t in ("a photo of a person", "blurry"))
     latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
     sampled = nodes.common_ksampler(model, 0, 2, 5.0, "euler", "normal", pos, neg, latent)[0]
-    direct = (vae.decode(sampled["samples"])[0].clamp(0, 1).numpy() * 255.0).round()
+    direct = (vae.decode(sampled["samples"])[0].detach().clamp(0, 1).numpy() * 255.0).round()
     assert np.abs(img.astype(np.float32) - direct).max() <= 1.0
 
 

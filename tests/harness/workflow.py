@@ -178,7 +178,7 @@ def save(workflow, path):
 def write_builders(builders, host=None, out_dir=None, notes=None):
     """Write each ``name -> build()`` API prompt as UI JSON ``<out_dir>/<name>.json`` (default: the repo's
     workflows/), with ``notes[name]`` (Markdown: what it does, which files go where, what to change) as
-    its note. ``host``: a booted ComfyHost (one is booted in a temporary home if None)."""
+    its note (default: :mod:`harness.workflow_notes`). ``host``: a booted ComfyHost (one is booted in a temporary home if None)."""
     from pathlib import Path
 
     from harness import comfy_host
@@ -187,6 +187,9 @@ def write_builders(builders, host=None, out_dir=None, notes=None):
         import tempfile
 
         host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
+    from harness.workflow_notes import NOTES
+
+    notes = {**NOTES, **(notes or {})}
     out_dir = Path(out_dir) if out_dir else comfy_host.REPO / "workflows"
     out_dir.mkdir(exist_ok=True)
     written = []
