@@ -11,8 +11,10 @@ that one load with ``torch.serialization.safe_globals([(StandIn, "official.dotte
 - torch's unpickler only BUILDs instances of allowlisted types (never a function, class or module
   object), so a file cannot mutate anything that outlives the load; the stand-in classes are created
   per load and dropped afterwards;
-- globals not on the loader's allowlist are refused before anything is unpickled (zip files are
-  scanned first), with a message naming the global.
+- globals not on the loader's allowlist are refused before anything is unpickled (every pickle of the
+  file is scanned first, zip and legacy pre-1.6 files alike), with a message naming the global;
+- legacy (non-zip) files go through the same scan, allowlist and unpickler; tar-era files, raw
+  ``pickle.dump`` output and anything else are refused.
 
 :func:`module_state_dict` then flattens a pickled ``nn.Module`` tree into a regular state dict, with
 limits on depth and size so a crafted tree cannot exhaust the stack or memory.
@@ -121,18 +123,25 @@ def _check_container(path):
 
 
 def _globals_in(path, kind):
-    """Globals the pickle refers to (zip: torch's scan; legacy: the header pickles), or None."""
+    """Globals the data pickle refers to, found by torch's opcode scan (nothing is unpickled).
+
+    zip: the ``data.pkl`` record. legacy (pre-1.6 ``_use_new_zipfile_serialization=False`` files): the
+    file is four pickles in a row (magic number, protocol, system info, data) then the raw storages;
+    every header pickle is scanned too, so a global hidden in one of them is refused as well."""
+    import io
+
     import torch
+    from torch import _weights_only_unpickler as wu
 
     if kind == "zip":
-        from torch import _weights_only_unpickler as wu
-
-        import io
-
         with open(path, "rb") as f, torch.serialization._open_zipfile_reader(f) as zf:
             name = next(n for n in zf.get_all_records() if n.endswith("data.pkl"))
             return set(wu.get_globals_in_pkl(io.BytesIO(zf.get_record(name))))
-    return None
+    found = set()
+    with open(path, "rb") as f:
+        for _ in range(4):
+            found |= set(wu.get_globals_in_pkl(f))
+    return found
 
 
 def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(), inert_functions=()):
@@ -154,24 +163,24 @@ def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(),
             return safetensors.torch.load_file(path, device=str(map_location))
         except Exception as exc:  # SafetensorError, OSError: a damaged or mislabeled file
             raise ValueError(f"{_short(path)} is not a readable safetensors file ({exc}).") from None
-    kind = _check_container(path)
+    kind = _check_container(path)  # zip or legacy; same scan, same allowlist, same unpickler for both
     names = set(allowed_classes) | set(inert_functions)
-    if kind == "zip":
-        from torch import _weights_only_unpickler as wu
+    from torch import _weights_only_unpickler as wu
 
-        try:
-            found = _globals_in(path, kind)
-        except pickle.UnpicklingError as exc:
-            raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
-        except Exception as exc:
-            raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({exc}). {LOADABLE}") from None
-        known = set(wu._get_allowed_globals())
-        prefixes = tuple(allowed_prefixes)
-        names |= {g for g in found if prefixes and g.startswith(prefixes)}
-        bad = sorted(g for g in found if g not in known and g not in names)
-        if bad:
-            raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
-                                 "loader's allowlist")
+    try:
+        found = _globals_in(path, kind)
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
+    except Exception as exc:
+        raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({type(exc).__name__}: {exc}). "
+                         f"{LOADABLE}") from None
+    known = set(wu._get_allowed_globals())
+    prefixes = tuple(allowed_prefixes)
+    names |= {g for g in found if prefixes and g.startswith(prefixes)}
+    bad = sorted(g for g in found if g not in known and g not in names)
+    if bad:
+        raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
+                             "loader's allowlist")
     try:
         with torch.serialization.safe_globals(_stand_ins(names)):
             return torch.load(path, map_location=map_location, weights_only=True)

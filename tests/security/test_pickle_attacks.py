@@ -1,7 +1,8 @@
 """Crafted checkpoints through the loader nodes in real ComfyUI graphs (issue 11, item 1).
 
-Each attack is a torch zip file whose ``data.pkl`` is written opcode by opcode here. After every
-attack the process must be unchanged: a known official-layout mapper loads bit-identically before and
+Each attack is written opcode by opcode here and placed in both torch containers: a zip file's
+``data.pkl`` and a legacy (pre-1.6, ``_use_new_zipfile_serialization=False``) file's data pickle, which
+goes through the same scan, allowlist and unpickler. After every attack the process must be unchanged: a known official-layout mapper loads bit-identically before and
 after, torch's rebuild helpers / dtypes / storages keep their attributes, and no file appears anywhere
 in the ComfyUI home or the test folder (beyond the attack file itself).
 """
@@ -155,6 +156,23 @@ def _write_torch_zip(path, pkl, compress=False, extra=None):
             z.writestr(name, data)
 
 
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER, PROTOCOL_VERSION 1001
+_SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+def _write_torch_legacy(path, pkl, sys_info=None):
+    """The legacy layout: magic, protocol and system-info pickles, the data pickle, the storage-key list."""
+    import pickle
+
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2))
+        f.write(sys_info if sys_info is not None else pickle.dumps(_SYS_INFO, protocol=2))
+        f.write(pkl + pickle.dumps([], protocol=2))
+
+
+WRITERS = {"zip": _write_torch_zip, "legacy": _write_torch_legacy}
+
+
 def _snapshot(*roots):
     out = {}
     for root in roots:
@@ -197,12 +215,13 @@ def _graph(node, file_name):
             "sink": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}}
 
 
+@pytest.mark.parametrize("container", sorted(WRITERS))
 @pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_refused_and_process_unchanged(name, comfy, comfy_home, known, tmp_path):
+def test_attack_refused_and_process_unchanged(name, container, comfy, comfy_home, known, tmp_path):
     node, build, expect = ATTACKS[name]
     folder = comfy_home / "models" / ("personamagic" if node == "FP_LoadPersonaMagic" else "adaface")
-    evil = folder / f"attack_{name}.pt"
-    _write_torch_zip(evil, build())
+    evil = folder / f"attack_{name}_{container}.pt"
+    WRITERS[container](evil, build())
     try:
         before_sd, before_fp = known(), _process_fingerprint()
         files_before = _snapshot(comfy_home, tmp_path)
@@ -235,7 +254,21 @@ def test_zip_bomb_refused(comfy, known, comfy_home):
         evil.unlink()
 
 
-@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02K\x01."])
+def _tar_bytes():  # torch's oldest (tar) container: refused as unknown content
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("pickle")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"K\x01."))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02K\x01.", _tar_bytes(),
+                                     b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"],
+                         ids=["text", "bad_zip", "raw_pickle", "tar", "legacy_truncated"])
 def test_non_torch_files_clear_message(comfy, known, comfy_home, content):
     evil = comfy_home / "models" / "personamagic" / "not_torch.pt"
     evil.write_bytes(content)
@@ -243,7 +276,7 @@ def test_non_torch_files_clear_message(comfy, known, comfy_home, content):
         with pytest.raises(PromptFailed) as err:
             comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
         msg = str(err.value)
-        assert "not_torch.pt" in msg and ("not a torch checkpoint" in msg or "refused for safety" in msg), msg
+        assert "not_torch.pt" in msg and ("torch checkpoint" in msg or "refused for safety" in msg), msg
         assert "IndexError" not in msg and "KeyError" not in msg
     finally:
         evil.unlink()
@@ -265,3 +298,54 @@ def test_official_layouts_still_load_exactly(comfy, known, install_model):
     a = load_mapper(str(tiny.ensure("personamagic_mapper"))).mapper.state_dict()
     b = load_mapper(str(tiny.ensure("personamagic_mapper_st"))).mapper.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_legacy_header_pickle_with_a_global_is_refused(comfy, comfy_home, known, tmp_path):
+    """A global hidden in a legacy header pickle (system info) is found by the scan and refused before any
+    of the file is unpickled."""
+    evil = comfy_home / "models" / "personamagic" / "attack_legacy_header.pt"
+    _write_torch_legacy(evil, P2 + DICT + STOP, sys_info=P2 + _g("os", "system") + _s("touch PWNED") + b"\x85R" + STOP)
+    try:
+        before = known()
+        with pytest.raises(PromptFailed, match="'os.system', which is not on this loader's allowlist"):
+            comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
+        after = known()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+        assert not (tmp_path / "PWNED").exists() and not (comfy_home / "PWNED").exists()
+    finally:
+        evil.unlink()
+
+
+def test_legacy_official_layout_loads_like_the_zip_one(comfy, comfy_home, known, monkeypatch):
+    """The official PersonaMagic layout (a pickled TimePositionalEncoding beside the state dict) saved by torch's
+    legacy serializer loads, through the loader node in a graph, to exactly the tensors of the zip file; a legacy
+    tensor file loads bit for bit through load_file (tensor records, no stand-ins)."""
+    import functools
+
+    from comfyui_face_personalization.models_loader import safe_load
+    from fixtures.tiny import personamagic as pm
+
+    folder = comfy_home / "models" / "personamagic"
+    legacy = folder / "official_legacy.pt"
+    monkeypatch.setattr(torch, "save", functools.partial(torch.save, _use_new_zipfile_serialization=False))
+    pm.save_official_layout(pm.build_mapper(), legacy, pm.official_cfg(target_norm=0.5),
+                            pm.seeded_generator("personamagic_encoder"))
+    monkeypatch.undo()
+    try:
+        assert legacy.read_bytes()[:2] != b"PK"
+        cls = comfy.node_classes["FP_LoadPersonaMagic"]
+        got = cls().load(legacy.name)[0].mapper.state_dict()
+        want = known()
+        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
+        out = comfy.run({"load": {"class_type": "FP_LoadPersonaMagic", "inputs": {"mapper_name": legacy.name}},
+                         "sink": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}})
+        assert out is not None
+        tensors = {"w": torch.randn(3, 4, dtype=torch.float64), "i": torch.arange(7), "h": torch.randn(2).half()}
+        plain = folder / "tensors_legacy.pt"
+        torch.save(tensors, plain, _use_new_zipfile_serialization=False)
+        loaded = safe_load.load_file(plain)
+        assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tensors.items())
+    finally:
+        for p in (legacy, folder / "tensors_legacy.pt"):
+            if p.exists():
+                p.unlink()
