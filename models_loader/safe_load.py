@@ -13,8 +13,9 @@ that one load with ``torch.serialization.safe_globals([(StandIn, "official.dotte
   per load and dropped afterwards;
 - globals not on the loader's allowlist are refused before anything is unpickled (every pickle of the
   file is scanned first, zip and legacy pre-1.6 files alike), with a message naming the global;
-- legacy (non-zip) files go through the same scan, allowlist and unpickler; tar-era files, raw
-  ``pickle.dump`` output and anything else are refused.
+- legacy (non-zip) files go through the same scan, allowlist and unpickler, after a dry run that
+  checks every declared storage has data in the file (no uninitialised memory, no oversized
+  allocation); tar-era files, raw ``pickle.dump`` output and anything else are refused.
 
 :func:`module_state_dict` then flattens a pickled ``nn.Module`` tree into a regular state dict, with
 limits on depth and size so a crafted tree cannot exhaust the stack or memory.
@@ -144,6 +145,53 @@ def _globals_in(path, kind):
     return found
 
 
+def _check_legacy_storages(path, stand_ins):
+    """Legacy files declare each storage's size in the data pickle and append the bytes after a list of
+    storage keys; torch allocates the declared size and fills only the listed keys. A dry run of the same
+    weights-only unpickler (meta-device storages: nothing allocated) collects the declared storages, which
+    must all be listed and fit in the file, so a file can neither hand out uninitialised memory nor ask
+    for more than it holds."""
+    import torch
+    from torch import _weights_only_unpickler as wu
+
+    declared = {}
+
+    def persistent_load(saved_id):
+        if not isinstance(saved_id, tuple) or not saved_id:
+            raise pickle.UnpicklingError("a malformed storage reference")
+        kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+        if kind == "module":
+            return saved_id[1]
+        if kind != "storage" or len(saved_id) != 6:
+            raise pickle.UnpicklingError(f"an unknown storage reference {str(kind)[:40]!r}")
+        storage_type, key, _, numel, _ = saved_id[1:]
+        dtype = storage_type.dtype
+        nbytes = int(numel) * torch._utils._element_size(dtype)
+        if nbytes < 0:
+            raise pickle.UnpicklingError("a storage of negative size")
+        declared[key] = max(declared.get(key, 0), nbytes)
+        meta = torch.UntypedStorage(nbytes, device="meta")
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
+
+    with open(path, "rb") as f, torch.serialization.safe_globals(stand_ins):
+        for _ in range(3):
+            wu.Unpickler(f, encoding="utf-8").load()
+        unpickler = wu.Unpickler(f, encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        unpickler.load()
+        keys = wu.Unpickler(f, encoding="utf-8").load()
+        remaining = os.path.getsize(path) - f.tell()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _refused(path, "its storage list is not a list of names")
+    missing = sorted(set(declared) - set(keys))
+    if missing:
+        raise _refused(path, f"it declares storages without data ({', '.join(missing[:3])}): their memory would "
+                             "be left uninitialised")
+    total = sum(declared.values())
+    if total > remaining:
+        raise _refused(path, f"its tensors claim {total} bytes but the file holds {remaining}")
+
+
 def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(), inert_functions=()):
     """Load a checkpoint without executing pickled code.
 
@@ -182,8 +230,12 @@ def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(),
         raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
                              "loader's allowlist")
     try:
+        if kind == "legacy":
+            _check_legacy_storages(path, _stand_ins(names))
         with torch.serialization.safe_globals(_stand_ins(names)):
             return torch.load(path, map_location=map_location, weights_only=True)
+    except UnsafeCheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         raise _refused(path, _torch_reason(exc)) from None
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,
