@@ -107,7 +107,8 @@ def test_save_names_stay_inside(comfy, fx, node_id, tmp_path):
     os.symlink(outside, link)
     elsewhere = os.path.join(comfy.home, "input", "save_elsewhere")  # inside ComfyUI but not this folder
     try:
-        save = lambda name, **kw: _call(comfy, node_id, **{field: name}, **others(fx), **kw)  # noqa: E731
+        extra = others(fx)  # before the snapshot: a fixture may install a model file
+        save = lambda name, **kw: _call(comfy, node_id, **{field: name}, **extra, **kw)  # noqa: E731
         home_before = _tree(comfy.home.parent)
         refusals = {
             "../x": "climbs out", "../../x": "climbs out", "sub/../../x": "climbs out", "..\\..\\x": "climbs out",
@@ -146,7 +147,8 @@ def test_read_names_confined(comfy, fx, node_id, tmp_path):
     fp = comfy.pack.models_loader.files._folder_paths()
     folder = fp.get_folder_paths(kind)[0] if kind else fp.get_input_directory()
     os.makedirs(folder, exist_ok=True)
-    read = lambda name: _call(comfy, node_id, **{field: name}, **others(fx))  # noqa: E731
+    extra = others(fx)
+    read = lambda name: _call(comfy, node_id, **{field: name}, **extra)  # noqa: E731
     before = _tree(comfy.home.parent)
     for name, why in {str(secret): "outside ComfyUI's folders", "/etc/passwd": "outside ComfyUI's folders",
                       "../" * 12 + str(secret).lstrip("/"): "climbs out|not found",
