@@ -162,8 +162,10 @@ def _check_legacy_storages(path, stand_ins):
         kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
         if kind == "module":
             return saved_id[1]
-        if kind != "storage" or len(saved_id) != 6:
-            raise pickle.UnpicklingError(f"an unknown storage reference {str(kind)[:40]!r}")
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"an unknown persistent reference {str(kind)[:40]!r}")
+        if len(saved_id) != 6:
+            raise pickle.UnpicklingError(f"a malformed storage reference ({len(saved_id)} fields, legacy files have 6)")
         storage_type, key, _, numel, _ = saved_id[1:]
         dtype = storage_type.dtype
         nbytes = int(numel) * torch._utils._element_size(dtype)

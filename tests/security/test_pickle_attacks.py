@@ -138,7 +138,7 @@ def _tree_dag():
     return _adaface_ckpt(body)
 
 
-@attack("storage_size_bomb", "FP_LoadPersonaMagic", "could not be read")
+@attack("storage_size_bomb", "FP_LoadPersonaMagic", ("could not be read", "malformed storage reference"))
 def _storage_bomb():  # a storage record claiming 10^12 floats backed by 16 bytes
     pid = MARK + _s("storage") + _g("torch", "FloatStorage") + _s("0") + _s("cpu") + b"\x8a\x05\x00\x10\xa5\xd4\xe8" + b"t"
     tensor = (_g("torch._utils", "_rebuild_tensor_v2") + MARK + pid + b"Q" + b"K\x00" + b"\x8a\x05\x00\x10\xa5\xd4\xe8"
@@ -234,7 +234,7 @@ def attack_outcome(comfy, comfy_home, known, name, container, scratch):
             problems.append("the prompt succeeded")
         except PromptFailed as err:
             msg = str(err)
-        if expect not in msg:
+        if not any(e in msg for e in ((expect,) if isinstance(expect, str) else expect)):
             problems.append(f"expected {expect!r}")
         if "weights_only" in msg or "will likely succeed" in msg:
             problems.append("torch's advice to disable weights_only")
