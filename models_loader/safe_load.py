@@ -160,8 +160,6 @@ def _check_legacy_storages(path, stand_ins):
         if not isinstance(saved_id, tuple) or not saved_id:
             raise pickle.UnpicklingError("a malformed storage reference")
         kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
-        if kind == "module":
-            return saved_id[1]
         if kind != "storage":
             raise pickle.UnpicklingError(f"an unknown persistent reference {str(kind)[:40]!r}")
         if len(saved_id) != 6:
@@ -180,7 +178,14 @@ def _check_legacy_storages(path, stand_ins):
             wu.Unpickler(f, encoding="utf-8").load()
         unpickler = wu.Unpickler(f, encoding="utf-8")
         unpickler.persistent_load = persistent_load
-        unpickler.load()
+        try:
+            unpickler.load()
+        except pickle.UnpicklingError as exc:
+            if "Only persistent_load of storage" in str(exc):  # torch.save of a whole nn.Module, pre-1.6 format
+                raise _refused(path, "it is a legacy (pre-1.6) torch file that pickles a module class by reference, "
+                                     "which torch's safe loader does not read; a state-dict or .safetensors "
+                                     "version of it loads") from None
+            raise
         keys = wu.Unpickler(f, encoding="utf-8").load()
         remaining = os.path.getsize(path) - f.tell()
     if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):

@@ -336,37 +336,44 @@ def test_legacy_header_pickle_with_a_global_is_refused(comfy, comfy_home, known,
         evil.unlink()
 
 
-def test_legacy_official_layout_loads_like_the_zip_one(comfy, comfy_home, known, monkeypatch):
-    """The official PersonaMagic layout (a pickled TimePositionalEncoding beside the state dict) saved by torch's
-    legacy serializer loads, through the loader node in a graph, to exactly the tensors of the zip file; a legacy
-    tensor file loads bit for bit through load_file (tensor records, no stand-ins)."""
+def test_legacy_files_tensors_load_module_pickles_refused(comfy, comfy_home, known, monkeypatch):
+    """Legacy (pre-1.6) files: tensor-only ones load bit for bit (through load_file and through the Load W+ Code
+    node); one that pickles a whole module (the official PersonaMagic layout saved by the legacy serializer records
+    TimePositionalEncoding as a 'module' reference) is refused by torch's weights-only rule, with a message saying
+    what would load, through the loader node in a graph, and the process is unchanged."""
     import functools
 
     from comfyui_face_personalization.models_loader import safe_load
     from fixtures.tiny import personamagic as pm
 
     folder = comfy_home / "models" / "personamagic"
-    legacy = folder / "official_legacy.pt"
+    codes = comfy_home / "models" / "wplus" / "codes"
+    codes.mkdir(parents=True, exist_ok=True)
+    legacy, plain, code_file = folder / "official_legacy.pt", folder / "tensors_legacy.pt", codes / "legacy_code.pt"
     monkeypatch.setattr(torch, "save", functools.partial(torch.save, _use_new_zipfile_serialization=False))
     pm.save_official_layout(pm.build_mapper(), legacy, pm.official_cfg(target_norm=0.5),
                             pm.seeded_generator("personamagic_encoder"))
     monkeypatch.undo()
     try:
         assert legacy.read_bytes()[:2] != b"PK"
-        cls = comfy.node_classes["FP_LoadPersonaMagic"]
-        got = cls().load(legacy.name)[0].mapper.state_dict()
-        want = known()
-        assert set(got) == set(want) and all(torch.equal(got[k], want[k]) for k in want)
-        out = comfy.run({"load": {"class_type": "FP_LoadPersonaMagic", "inputs": {"mapper_name": legacy.name}},
-                         "sink": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}})
-        assert out is not None
-        tensors = {"w": torch.randn(3, 4, dtype=torch.float64), "i": torch.arange(7), "h": torch.randn(2).half()}
-        plain = folder / "tensors_legacy.pt"
+        before = known()
+        with pytest.raises(PromptFailed, match="pickles a module class by reference") as err:
+            comfy.run(_graph("FP_LoadPersonaMagic", legacy.name))
+        assert "official_legacy.pt" in str(err.value) and "weights_only" not in str(err.value)
+        after = known()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+
+        tensors = {"w": torch.randn(3, 4, dtype=torch.float64), "i": torch.arange(7), "h": torch.randn(2).half(),
+                   "view": torch.randn(4, 4)[1:3]}
         torch.save(tensors, plain, _use_new_zipfile_serialization=False)
         loaded = safe_load.load_file(plain)
         assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tensors.items())
+        code = torch.randn(1, 18, 512)
+        torch.save(code, code_file, _use_new_zipfile_serialization=False)
+        got = comfy.node_classes["FP_LoadWPlus"]().load(code_file.name)[0]
+        assert torch.equal(got, code)
     finally:
-        for p in (legacy, folder / "tensors_legacy.pt"):
+        for p in (legacy, plain, code_file):
             if p.exists():
                 p.unlink()
 
