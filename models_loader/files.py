@@ -22,6 +22,8 @@ Reading
     models, input, output, user and temp directories). Like ComfyUI core, a symlink *placed inside*
     those folders by the machine's owner is followed (shared model libraries are commonly linked in);
     ``..`` segments are resolved before the check, so they cannot climb out.
+    ``confined_read_dir(path, what)`` -> absolute path of an existing folder: a relative name inside
+    ComfyUI's input folder, an absolute path inside one of the known folders; the same refusals.
 
 This module never imports the server; ``folder_paths`` is imported lazily.
 """
@@ -181,4 +183,22 @@ def confined_read_path(path, folder_kinds=(), what="file"):
                               f"{home[0]} (or ComfyUI's input folder) and give its name")
     if not os.path.isfile(full):
         raise FileNotFoundError(f"{what}: {full} does not exist (or is not a file)")
+    return full
+
+
+def confined_read_dir(path, what="folder"):
+    """Absolute path of an existing folder inside ComfyUI's folders (see the module docstring)."""
+    raw = (path or "").strip()
+    if not raw:
+        raise FileNotFoundError(f"{what}: no folder given")
+    fp = _folder_paths()
+    if not os.path.isabs(os.path.expanduser(raw)):
+        full = os.path.join(fp.get_input_directory(), *_clean_name(raw, what))
+    else:
+        full = os.path.abspath(os.path.expanduser(raw))
+        if not any(_inside(full, root) for _, root in known_roots()):
+            raise UnsafePathError(f"{what}: {raw!r} is outside ComfyUI's folders and is not read; put the folder in "
+                                  f"{fp.get_input_directory()} and give its name")
+    if not os.path.isdir(full):
+        raise FileNotFoundError(f"{what}: folder {full} does not exist")
     return full

@@ -41,6 +41,21 @@ broadcastable tensor, or a Python scalar such as the int ``0`` IPAdapter returns
 layers; ``None`` is taken as nothing to add); the slot's output keeps the dtype of its base
 output. Such a pack clones the MODEL first, and a clone owns a fresh chain object, so this never
 reaches a chain another MODEL uses.
+
+Checked against IPAdapter_plus 9d076a3 (tests/composition/test_ipadapter_peer.py):
+
+* keys: for SD1.5 and SDXL we install on exactly IPAdapter's input/output keys (IPAdapterPlus.py:509-536,
+  2-tuples on SD1.5, 3-tuples on SDXL); IPAdapter keys the middle block ``("middle", 1)`` (:520, :536)
+  while core runs it as ``("middle", 0)``, so IPAdapter's middle-block patch never runs and ours there
+  is alone;
+* attention override: IPAdapter passes no attention function through ``.add()`` (its kwargs,
+  IPAdapterPlus.py:495-507) and calls the module-level ``optimized_attention`` without
+  ``transformer_options`` (CrossAttentionPatch.py:4, :25, :192-206). Core's
+  ``transformer_options["optimized_attention_override"]`` is the one override there is; the chain's
+  plain attention and our residual attentions pass ``transformer_options``, so it applies to them;
+* per-GPU kwargs: ``Attn2Replace.to(device)`` keeps per-device copies of its kwargs for multi-GPU runs
+  (CrossAttentionPatch.py:11-14, :36-64); callbacks ``.add()``-ed onto our chain keep the kwargs they
+  were added with (one device), which is all a single-device run uses.
 """
 import copy
 import numbers

@@ -11,8 +11,11 @@ that one load with ``torch.serialization.safe_globals([(StandIn, "official.dotte
 - torch's unpickler only BUILDs instances of allowlisted types (never a function, class or module
   object), so a file cannot mutate anything that outlives the load; the stand-in classes are created
   per load and dropped afterwards;
-- globals not on the loader's allowlist are refused before anything is unpickled (zip files are
-  scanned first), with a message naming the global.
+- globals not on the loader's allowlist are refused before anything is unpickled (every pickle of the
+  file is scanned first, zip and legacy pre-1.6 files alike), with a message naming the global;
+- legacy (non-zip) files go through the same scan, allowlist and unpickler, after a dry run that
+  checks every declared storage has data in the file (no uninitialised memory, no oversized
+  allocation); tar-era files, raw ``pickle.dump`` output and anything else are refused.
 
 :func:`module_state_dict` then flattens a pickled ``nn.Module`` tree into a regular state dict, with
 limits on depth and size so a crafted tree cannot exhaust the stack or memory.
@@ -121,18 +124,79 @@ def _check_container(path):
 
 
 def _globals_in(path, kind):
-    """Globals the pickle refers to (zip: torch's scan; legacy: the header pickles), or None."""
+    """Globals the data pickle refers to, found by torch's opcode scan (nothing is unpickled).
+
+    zip: the ``data.pkl`` record. legacy (pre-1.6 ``_use_new_zipfile_serialization=False`` files): the
+    file is four pickles in a row (magic number, protocol, system info, data) then the raw storages;
+    every header pickle is scanned too, so a global hidden in one of them is refused as well."""
+    import io
+
     import torch
+    from torch import _weights_only_unpickler as wu
 
     if kind == "zip":
-        from torch import _weights_only_unpickler as wu
-
-        import io
-
         with open(path, "rb") as f, torch.serialization._open_zipfile_reader(f) as zf:
             name = next(n for n in zf.get_all_records() if n.endswith("data.pkl"))
             return set(wu.get_globals_in_pkl(io.BytesIO(zf.get_record(name))))
-    return None
+    found = set()
+    with open(path, "rb") as f:
+        for _ in range(4):
+            found |= set(wu.get_globals_in_pkl(f))
+    return found
+
+
+def _check_legacy_storages(path, stand_ins):
+    """Legacy files declare each storage's size in the data pickle and append the bytes after a list of
+    storage keys; torch allocates the declared size and fills only the listed keys. A dry run of the same
+    weights-only unpickler (meta-device storages: nothing allocated) collects the declared storages, which
+    must all be listed and fit in the file, so a file can neither hand out uninitialised memory nor ask
+    for more than it holds."""
+    import torch
+    from torch import _weights_only_unpickler as wu
+
+    declared = {}
+
+    def persistent_load(saved_id):
+        if not isinstance(saved_id, tuple) or not saved_id:
+            raise pickle.UnpicklingError("a malformed storage reference")
+        kind = saved_id[0].decode("ascii") if isinstance(saved_id[0], bytes) else saved_id[0]
+        if kind != "storage":
+            raise pickle.UnpicklingError(f"an unknown persistent reference {str(kind)[:40]!r}")
+        if len(saved_id) != 6:
+            raise pickle.UnpicklingError(f"a malformed storage reference ({len(saved_id)} fields, legacy files have 6)")
+        storage_type, key, _, numel, _ = saved_id[1:]
+        dtype = storage_type.dtype
+        nbytes = int(numel) * torch._utils._element_size(dtype)
+        if nbytes < 0:
+            raise pickle.UnpicklingError("a storage of negative size")
+        declared[key] = max(declared.get(key, 0), nbytes)
+        meta = torch.UntypedStorage(nbytes, device="meta")
+        return torch.storage.TypedStorage(wrap_storage=meta, dtype=dtype, _internal=True)
+
+    with open(path, "rb") as f, torch.serialization.safe_globals(stand_ins):
+        for _ in range(3):
+            wu.Unpickler(f, encoding="utf-8").load()
+        unpickler = wu.Unpickler(f, encoding="utf-8")
+        unpickler.persistent_load = persistent_load
+        try:
+            unpickler.load()
+        except pickle.UnpicklingError as exc:
+            if "Only persistent_load of storage" in str(exc):  # torch.save of a whole nn.Module, pre-1.6 format
+                raise _refused(path, "it is a legacy (pre-1.6) torch file that pickles a module class by reference, "
+                                     "which torch's safe loader does not read; a state-dict or .safetensors "
+                                     "version of it loads") from None
+            raise
+        keys = wu.Unpickler(f, encoding="utf-8").load()
+        remaining = os.path.getsize(path) - f.tell()
+    if not isinstance(keys, list) or not all(isinstance(k, str) for k in keys):
+        raise _refused(path, "its storage list is not a list of names")
+    missing = sorted(set(declared) - set(keys))
+    if missing:
+        raise _refused(path, f"it declares storages without data ({', '.join(missing[:3])}): their memory would "
+                             "be left uninitialised")
+    total = sum(declared.values())
+    if total > remaining:
+        raise _refused(path, f"its tensors claim {total} bytes but the file holds {remaining}")
 
 
 def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(), inert_functions=()):
@@ -154,27 +218,31 @@ def load_file(path, map_location="cpu", allowed_classes=(), allowed_prefixes=(),
             return safetensors.torch.load_file(path, device=str(map_location))
         except Exception as exc:  # SafetensorError, OSError: a damaged or mislabeled file
             raise ValueError(f"{_short(path)} is not a readable safetensors file ({exc}).") from None
-    kind = _check_container(path)
+    kind = _check_container(path)  # zip or legacy; same scan, same allowlist, same unpickler for both
     names = set(allowed_classes) | set(inert_functions)
-    if kind == "zip":
-        from torch import _weights_only_unpickler as wu
+    from torch import _weights_only_unpickler as wu
 
-        try:
-            found = _globals_in(path, kind)
-        except pickle.UnpicklingError as exc:
-            raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
-        except Exception as exc:
-            raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({exc}). {LOADABLE}") from None
-        known = set(wu._get_allowed_globals())
-        prefixes = tuple(allowed_prefixes)
-        names |= {g for g in found if prefixes and g.startswith(prefixes)}
-        bad = sorted(g for g in found if g not in known and g not in names)
-        if bad:
-            raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
-                                 "loader's allowlist")
     try:
+        found = _globals_in(path, kind)
+    except pickle.UnpicklingError as exc:
+        raise _refused(path, f"it uses a pickle operation the safe loader does not accept ({_torch_reason(exc)})") from None
+    except Exception as exc:
+        raise ValueError(f"{_short(path)} is not a readable torch checkpoint ({type(exc).__name__}: {exc}). "
+                         f"{LOADABLE}") from None
+    known = set(wu._get_allowed_globals())
+    prefixes = tuple(allowed_prefixes)
+    names |= {g for g in found if prefixes and g.startswith(prefixes)}
+    bad = sorted(g for g in found if g not in known and g not in names)
+    if bad:
+        raise _refused(path, f"it refers to {', '.join(repr(b) for b in bad[:5])}, which is not on this "
+                             "loader's allowlist")
+    try:
+        if kind == "legacy":
+            _check_legacy_storages(path, _stand_ins(names))
         with torch.serialization.safe_globals(_stand_ins(names)):
             return torch.load(path, map_location=map_location, weights_only=True)
+    except UnsafeCheckpointError:
+        raise
     except pickle.UnpicklingError as exc:
         raise _refused(path, _torch_reason(exc)) from None
     except (RuntimeError, EOFError, KeyError, IndexError, ValueError, TypeError, AttributeError,

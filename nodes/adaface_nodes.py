@@ -17,8 +17,8 @@ def _files(folder):
 
 
 class FP_LoadAdaFace:
-    DESCRIPTION = ("Loads an AdaFace prompt inverter (official adaface .pt/.ckpt, read with a restricted unpickler that "
-                   "never runs checkpoint code, or the pack's .safetensors) and the Arc2Face text encoder (HF "
+    DESCRIPTION = ("Loads an AdaFace prompt inverter (official adaface .pt/.ckpt, read with torch's weights_only loader, its "
+                   "pickled classes as inert stand-ins: no checkpoint code runs, or the pack's .safetensors) and the Arc2Face text encoder (HF "
                    "CLIPTextModel safetensors) from models/adaface. In a joint checkpoint the Arc2Face generator is used.")
     CATEGORY = category("adaface")
     RETURN_TYPES = (ADAFACE,)

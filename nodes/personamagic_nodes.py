@@ -15,8 +15,8 @@ class FP_LoadPersonaMagic:
     def INPUT_TYPES(cls):
         return {"required": {
             "mapper_name": (paths.list_files("personamagic"), {
-                "tooltip": "Mapper in models/personamagic: an official mapper-steps-N.pt (loaded with a restricted "
-                           "unpickler, no pickled code runs) or the pack's .safetensors mapper."}),
+                "tooltip": "Mapper in models/personamagic: an official mapper-steps-N.pt (loaded with torch's weights_only "
+                           "loader and an inert stand-in for its pickled class: no pickled code runs) or the pack's .safetensors mapper."}),
         }}
 
     RETURN_TYPES = ("PERSONAMAGIC_MAPPER",)

@@ -58,7 +58,7 @@ def check_crossinit_family(cfg, name):
 
 
 def gather_photos(images, photo_folder):
-    """[(label, float image [H, W, 3] 0..1)] from an IMAGE batch and/or a folder (input/ or absolute)."""
+    """[(label, float image [H, W, 3] 0..1)] from an IMAGE batch and/or a folder (in input/, or inside ComfyUI's folders)."""
     from PIL import Image
 
     out = []
@@ -67,12 +67,9 @@ def gather_photos(images, photo_folder):
             out.append((f"image {i + 1} of {images.shape[0]} (images input)", images[i].float().cpu()))
     folder = (photo_folder or "").strip()
     if folder:
-        if not os.path.isabs(folder):
-            import folder_paths
+        from ..models_loader import files as pack_files
 
-            folder = os.path.join(folder_paths.get_input_directory(), folder)
-        if not os.path.isdir(folder):
-            raise FileNotFoundError(f"photo folder {folder} does not exist")
+        folder = pack_files.confined_read_dir(folder, what="photo_folder")  # ComfyUI's folders only
         files = sorted(f for f in os.listdir(folder) if f.lower().endswith(_IMG_EXT) and "_mask" not in f.lower())
         for f in files:
             p = os.path.join(folder, f)
@@ -187,8 +184,8 @@ class FP_TrainCrossInit:
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Training photos (one or more, one identity)."}),
-                "photo_folder": ("STRING", {"default": "", "tooltip": "Folder of photos (inside ComfyUI's input "
-                                 "folder, or an absolute path), in addition to / instead of images."}),
+                "photo_folder": ("STRING", {"default": "", "tooltip": "Folder of photos (a folder name in ComfyUI's "
+                                 "input folder, or a path inside ComfyUI's folders), in addition to / instead of images."}),
             },
         }
 

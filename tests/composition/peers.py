@@ -13,14 +13,21 @@ class IPAdapterAttn2Replace:
     """IPAdapter's ``Attn2Replace`` (CrossAttentionPatch.py:7-34): a callback list with kwargs,
     ``.add`` appends and sets every kwarg as an attribute (:16-21); the call runs core's
     ``optimized_attention(q, k, v, n_heads)`` without attn_precision or transformer_options (:25),
-    reads sigma from ``sigmas[0]`` or 999999999.9 (:26), calls each callback inside its
-    ``sigma_end <= sigma <= sigma_start`` window as ``callback(out, q, k, v, extra_options, **kwargs)``
-    with the running ``out`` and adds whatever it returns (``out + ...``, :31-32), then casts to
-    q's dtype (:34)."""
+    reads sigma from ``sigmas[0]`` or 999999999.9 (:26), takes the kwargs of q's device
+    (``get_multigpu_kwargs``, :11-14, :28: the plain kwargs unless ``.to`` made per-GPU copies, :36-64,
+    which it never does for the CPU), calls each callback inside its ``sigma_end <= sigma <= sigma_start``
+    window as ``callback(out, q, k, v, extra_options, **kwargs)`` with the running ``out`` and adds
+    whatever it returns (``out + ...``, :30-32), then casts to q's dtype (:34).
+
+    The one shared stand-in: tests/contracts/foreign.py and tests/wplus_adapter/test_engine.py import it."""
 
     def __init__(self, callback=None, **kwargs):
         self.callback = [callback]
         self.kwargs = [kwargs]
+        self.multigpu_kwargs = {}
+
+    def get_multigpu_kwargs(self, device):
+        return self.multigpu_kwargs.get(device, self.kwargs)
 
     def add(self, callback, **kwargs):
         self.callback.append(callback)
@@ -34,9 +41,10 @@ class IPAdapterAttn2Replace:
         dtype = q.dtype
         out = optimized_attention(q, k, v, extra_options["n_heads"])
         sigma = extra_options["sigmas"].detach().cpu()[0].item() if "sigmas" in extra_options else IPA_NO_SIGMA
-        for cb, kw in zip(self.callback, self.kwargs):
-            if kw["sigma_end"] <= sigma <= kw["sigma_start"]:
-                out = out + cb(out, q, k, v, extra_options, **kw)
+        device_kwargs = self.get_multigpu_kwargs(q.device)
+        for i, cb in enumerate(self.callback):
+            if self.kwargs[i]["sigma_end"] <= sigma <= self.kwargs[i]["sigma_start"]:
+                out = out + cb(out, q, k, v, extra_options, **device_kwargs[i])
         return out.to(dtype=dtype)
 
 

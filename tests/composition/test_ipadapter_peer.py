@@ -155,6 +155,104 @@ def test_chain_honours_optimized_attention_override(tiny_unet, layers):
     assert calls and torch.allclose(got, 2.0 * refs.attention(q, k, v, layer.heads).float(), atol=1e-5)
 
 
+@pytest.mark.parametrize("method", ["rca", "sca"])
+def test_optimized_attention_override_reaches_our_residual(tiny_unet, layers, residual_methods, method):
+    """Core's ``optimized_attention_override`` (transformer_options, core attention.py ``wrap_attn``) applies to
+    every attention our chain runs: the plain one and the residual's. IPAdapter passes no override of its own
+    through ``.add()`` (its kwargs: IPAdapterPlus.py:495-507; its attention is the module-level
+    ``optimized_attention`` imported at CrossAttentionPatch.py:4 and called without transformer_options, :25,
+    :192-206), so the override is the only one there is. Here it zeroes the residual's attention (keys that
+    are not the 77 text tokens): the slot output must then be exactly the plain attention."""
+    weights, raw = residual_methods[method]
+    w = torch.randn(1, 18, 512, generator=torch.Generator().manual_seed(11))
+    layer = layers[0]
+    chain = _slot(_apply(tiny_unet, weights, w, 1.0))[tuple(layer.block)]
+    seen = []
+
+    def override(func, q, k, v, *args, **kwargs):
+        seen.append(k.shape[1])
+        out = func(q, k, v, *args, **kwargs)
+        return out if k.shape[1] == 77 else out * 0
+
+    q, k, v, eo = _layer_call(layer, sigma=1.0)
+    with_residual = chain(q, k, v, eo)
+    plain = refs.attention(q, k, v, layer.heads)
+    assert (with_residual.double() - plain).abs().max() > 1e-3  # the residual is there without the override
+    eo["optimized_attention_override"] = override
+    got = chain(q, k, v, eo)
+    assert 77 in seen and any(n != 77 for n in seen), seen  # both attentions went through the override
+    assert (got.double() - plain).abs().max() <= 1e-5 * plain.abs().max()
+
+
+SDXL_FULL_UNET = {  # core's SDXL detection (comfy/model_detection.py, "SDXL" config), meta device: no weights
+    "image_size": 32, "in_channels": 4, "out_channels": 4, "model_channels": 320, "num_res_blocks": [2, 2, 2],
+    "channel_mult": [1, 2, 4], "transformer_depth": [0, 0, 2, 2, 10, 10], "transformer_depth_middle": 10,
+    "transformer_depth_output": [0, 0, 0, 2, 2, 2, 10, 10, 10], "context_dim": 2048, "num_head_channels": 64,
+    "use_linear_in_transformer": True, "use_spatial_transformer": True, "legacy": False,
+    "num_classes": "sequential", "adm_in_channels": 2816}
+
+
+def _ipadapter_keys(is_sdxl):
+    """The keys IPAdapter patches, in its order, with its module_key numbering (IPAdapterPlus.py:509-536)."""
+    keys = []
+    if not is_sdxl:
+        keys += [("input", i) for i in (1, 2, 4, 5, 7, 8)] + [("output", i) for i in range(3, 12)] + [("middle", 1)]
+    else:
+        for i in (4, 5, 7, 8):
+            keys += [("input", i, j) for j in range(2 if i in (4, 5) else 10)]
+        for i in range(6):
+            keys += [("output", i, j) for j in range(2 if i in (3, 4, 5) else 10)]
+        keys += [("middle", 1, j) for j in range(10)]
+    return {key: str(2 * n + 1) for n, key in enumerate(keys)}
+
+
+@pytest.mark.parametrize("arch", ["sd15", "sdxl"])
+def test_keys_match_ipadapter_source_except_its_middle_block(comfy, arch):
+    """On the full SD1.5 / SDXL UNets (meta device) the keys our engine installs on are exactly IPAdapter's for
+    every input and output block, with the same module_key numbering (our down, up, mid enumeration = its
+    2n+1 order), so a pack installing after us ``.add()``s onto our chain. The one mismatch is IPAdapter's:
+    it keys the middle block ``("middle", 1)`` (IPAdapterPlus.py:520, :536) while core 0.3.75 runs it as
+    ``("middle", 0)`` (openaimodel.py:886; lookup attention.py:834-839), so IPAdapter's middle-block patch
+    never runs (with or without our pack) and ours on ``("middle", 0)`` is unaffected by it."""
+    import comfy.ops
+    from comfy.ldm.modules.diffusionmodules.openaimodel import UNetModel
+    from comfyui_face_personalization.models_loader.patch_engine import _install_key, cross_attention_layers
+    from fixtures.tiny.sd import SD15_FULL_UNET
+
+    cfg = dict(SD15_FULL_UNET) if arch == "sd15" else dict(SDXL_FULL_UNET)
+    unet = UNetModel(**cfg, device="meta", operations=comfy.ops.disable_weight_init)
+    ours = {_install_key(layer, {}): str(2 * n + 1) for n, layer in enumerate(cross_attention_layers(unet))}
+    theirs = _ipadapter_keys(arch == "sdxl")
+    mid_ours = {k: v for k, v in ours.items() if k[0] == "middle"}
+    mid_theirs = {k: v for k, v in theirs.items() if k[0] == "middle"}
+    assert {k: v for k, v in ours.items() if k[0] != "middle"} == {k: v for k, v in theirs.items() if k[0] != "middle"}
+    assert {(k[0], 1) + k[2:]: v for k, v in mid_ours.items()} == mid_theirs  # same slots, index 0 vs IPAdapter's 1
+    assert all(k[1] == 0 for k in mid_ours)
+
+
+def test_ipadapter_middle_key_never_runs_in_core(tiny_unet, layers, ip_layers):
+    """Through the real UNet forward: IPAdapter's ("middle", 1) occupant is never called, ours on
+    ("middle", 0) is; so the middle block gets our residual and no IP term in either order."""
+    from comfyui_face_personalization.models_loader import patch_engine
+
+    calls = []
+
+    def spy(name):
+        def cb(h_text, q, k, v, extra_options, entry):
+            calls.append((name, tuple(extra_options["block"])))
+            return None
+        return cb
+
+    ours = patch_engine.add_entry(tiny_unet, layers, lambda l: patch_engine.Entry("spy", spy("ours")))
+    both = apply_ipadapter(ours, ip_layers, _tokens(12), weight=0.5)
+    slot = _slot(both)
+    assert ("middle", 1) in slot and not isinstance(slot[("middle", 1)], patch_engine.AttnChain)
+    slot[("middle", 1)].callback = [lambda *a, **kw: calls.append(("ipadapter_middle",)) or 0]
+    x, t, ctx = _inputs()
+    comfy_eps(both, x, t, ctx, [1, 0])
+    assert ("ours", ("middle", 0)) in calls and ("ipadapter_middle",) not in calls
+
+
 # --------------------------------------------------------------------------------------------
 # order independence, explicit sums
 # --------------------------------------------------------------------------------------------

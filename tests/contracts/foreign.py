@@ -1,10 +1,8 @@
 """Stand-in for a foreign ``attn2`` occupant: cubiq/ComfyUI_IPAdapter_plus's real convention (mirrored from
 its source at commit 9d076a3, not copied):
 
-* ``CrossAttentionPatch.py:7-34`` ``Attn2Replace``: holds lists of callbacks and kwargs; ``__call__`` computes
-  ``optimized_attention(q, k, v, n_heads)`` once, then adds ``callback(out, q, k, v, extra_options, **kwargs)``
-  for every callback whose ``sigma_end <= sigma <= sigma_start`` (sigma = ``sigmas[0]``); ``add`` appends a
-  callback and sets its kwargs as attributes.
+* ``CrossAttentionPatch.py:7-34`` ``Attn2Replace``: the shared stand-in ``tests/composition/peers.py``
+  ``IPAdapterAttn2Replace`` (imported here; its docstring cites the lines).
 * ``IPAdapterPlus.py:210-226`` ``set_model_patch_replace``: copies ``transformer_options`` / ``patches_replace``
   / ``attn2`` one level each; an empty key gets a new ``Attn2Replace`` (and the copied dicts are stored), an
   occupied key gets ``.add(...)`` called on whatever object is there (ours: the engine's ``AttnChain``).
@@ -14,30 +12,13 @@ its source at commit 9d076a3, not copied):
 The callback here is a fixed random "image prompt" attention (4 tokens) with a weight, standing in for
 ``ipadapter_attention`` (``CrossAttentionPatch.py:65``).
 """
+import sys
+from pathlib import Path
+
 import torch
 
-
-class Attn2Replace:
-    def __init__(self, callback=None, **kwargs):
-        self.callback = [callback]
-        self.kwargs = [kwargs]
-
-    def add(self, callback, **kwargs):
-        self.callback.append(callback)
-        self.kwargs.append(kwargs)
-        for key, value in kwargs.items():
-            setattr(self, key, value)
-
-    def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
-
-        dtype = q.dtype
-        out = optimized_attention(q, k, v, extra_options["n_heads"])
-        sigma = extra_options["sigmas"].detach().cpu()[0].item() if "sigmas" in extra_options else 999999999.9
-        for cb, kw in zip(self.callback, self.kwargs):
-            if kw["sigma_end"] <= sigma <= kw["sigma_start"]:
-                out = out + cb(out, q, k, v, extra_options, **kw)
-        return out.to(dtype=dtype)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composition"))
+from peers import IPAdapterAttn2Replace as Attn2Replace  # noqa: E402  the one stand-in, cited there
 
 
 def image_prompt_attention(out, q, k, v, extra_options, weight=1.0, tokens=None, **kwargs):

@@ -114,9 +114,11 @@ def pack_nodes(comfy):
     return dict(comfy.pack.NODE_CLASS_MAPPINGS), dict(comfy.pack.NODE_DISPLAY_NAME_MAPPINGS)
 
 
-def test_every_node_refuses_bad_floats_and_tensors(comfy, pack_nodes):
-    classes, display = pack_nodes
-    from_ = comfy.pack.nodes._validate
+COLUMNS = FLOAT_CASES + tuple(c for c in TENSOR_CASES if c not in FLOAT_CASES)
+
+
+def bad_input_matrix(classes, display, validate):
+    """{(node, input, type): {case: outcome}} and the failures; outcome "ok" = NodeInputError naming both."""
     matrix, failures = {}, []
     for node_id, name, kind, case in _cases(classes):
         cls = classes[node_id]
@@ -126,7 +128,7 @@ def test_every_node_refuses_bad_floats_and_tensors(comfy, pack_nodes):
         try:
             _call(cls, kw)
             outcome = "ACCEPTED"
-        except from_.NodeInputError as e:
+        except validate.NodeInputError as e:
             msg = str(e)
             shown = display.get(node_id, node_id)
             outcome = "ok" if (shown in msg and f"'{name}'" in msg) else f"unnamed: {msg}"
@@ -135,13 +137,23 @@ def test_every_node_refuses_bad_floats_and_tensors(comfy, pack_nodes):
         matrix.setdefault((node_id, name, kind), {})[case] = outcome
         if outcome != "ok":
             failures.append(f"{node_id}.{name} ({kind}) {case}: {outcome}")
+    return matrix, failures
 
-    cols = FLOAT_CASES + tuple(c for c in TENSOR_CASES if c not in FLOAT_CASES)
-    print("\nnode x bad-input matrix (ok = NodeInputError naming node and input; - = not applicable)")
-    print(f"{'node':34} {'input':22} {'type':19} " + " ".join(f"{c:6}" for c in cols))
+
+def matrix_markdown(matrix):
+    """The node x bad-input matrix as a markdown table (ok / FAIL / - for not applicable)."""
+    rows = ["| node | input | type | " + " | ".join(COLUMNS) + " |", "|---|---|---|" + "---|" * len(COLUMNS)]
     for (node_id, name, kind), row in sorted(matrix.items()):
-        cells = " ".join(f"{(row.get(c, '-') if row.get(c, '-') in ('ok', '-') else 'FAIL'):6}" for c in cols)
-        print(f"{node_id:34} {name:22} {kind:19} {cells}")
-    print(f"{len(matrix)} inputs, {sum(len(r) for r in matrix.values())} cases, skipped nodes: none")
+        cells = [row.get(c, "-") if row.get(c, "-") in ("ok", "-") else "FAIL" for c in COLUMNS]
+        rows.append(f"| `{node_id}` | {name} | {kind} | " + " | ".join(cells) + " |")
+    rows.append(f"\n{len(matrix)} inputs of {len({k[0] for k in matrix})} nodes, {sum(len(r) for r in matrix.values())} "
+                "cases; ok = refused with NodeInputError naming node and input; skipped nodes: none")
+    return "\n".join(rows)
+
+
+def test_every_node_refuses_bad_floats_and_tensors(comfy, pack_nodes):
+    classes, display = pack_nodes
+    matrix, failures = bad_input_matrix(classes, display, comfy.pack.nodes._validate)
+    print("\n" + matrix_markdown(matrix))
     assert matrix, "no FLOAT or tensor inputs found in the pack's nodes"
     assert not failures, "\n".join(failures)

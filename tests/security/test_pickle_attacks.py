@@ -1,7 +1,8 @@
 """Crafted checkpoints through the loader nodes in real ComfyUI graphs (issue 11, item 1).
 
-Each attack is a torch zip file whose ``data.pkl`` is written opcode by opcode here. After every
-attack the process must be unchanged: a known official-layout mapper loads bit-identically before and
+Each attack is written opcode by opcode here and placed in both torch containers: a zip file's
+``data.pkl`` and a legacy (pre-1.6, ``_use_new_zipfile_serialization=False``) file's data pickle, which
+goes through the same scan, allowlist and unpickler. After every attack the process must be unchanged: a known official-layout mapper loads bit-identically before and
 after, torch's rebuild helpers / dtypes / storages keep their attributes, and no file appears anywhere
 in the ComfyUI home or the test folder (beyond the attack file itself).
 """
@@ -137,7 +138,7 @@ def _tree_dag():
     return _adaface_ckpt(body)
 
 
-@attack("storage_size_bomb", "FP_LoadPersonaMagic", "could not be read")
+@attack("storage_size_bomb", "FP_LoadPersonaMagic", ("could not be read", "malformed storage reference"))
 def _storage_bomb():  # a storage record claiming 10^12 floats backed by 16 bytes
     pid = MARK + _s("storage") + _g("torch", "FloatStorage") + _s("0") + _s("cpu") + b"\x8a\x05\x00\x10\xa5\xd4\xe8" + b"t"
     tensor = (_g("torch._utils", "_rebuild_tensor_v2") + MARK + pid + b"Q" + b"K\x00" + b"\x8a\x05\x00\x10\xa5\xd4\xe8"
@@ -153,6 +154,23 @@ def _write_torch_zip(path, pkl, compress=False, extra=None):
         z.writestr("archive/data/0", b"\x00" * 16)
         for name, data in (extra or {}).items():
             z.writestr(name, data)
+
+
+LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch/serialization.py MAGIC_NUMBER, PROTOCOL_VERSION 1001
+_SYS_INFO = {"protocol_version": 1001, "little_endian": True, "type_sizes": {"short": 2, "int": 4, "long": 4}}
+
+
+def _write_torch_legacy(path, pkl, sys_info=None):
+    """The legacy layout: magic, protocol and system-info pickles, the data pickle, the storage-key list."""
+    import pickle
+
+    with open(path, "wb") as f:
+        f.write(pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2))
+        f.write(sys_info if sys_info is not None else pickle.dumps(_SYS_INFO, protocol=2))
+        f.write(pkl + pickle.dumps([], protocol=2))
+
+
+WRITERS = {"zip": _write_torch_zip, "legacy": _write_torch_legacy}
 
 
 def _snapshot(*roots):
@@ -175,6 +193,10 @@ def _process_fingerprint():
 
 @pytest.fixture(scope="module")
 def known(comfy, comfy_home, install_model):
+    return known_loader(comfy, comfy_home, install_model)
+
+
+def known_loader(comfy, comfy_home, install_model):
     """Installs the tiny official mapper and the AdaFace files; returns a loader of the known mapper."""
     for sub in ("personamagic", "adaface"):
         (comfy_home / "models" / sub).mkdir(parents=True, exist_ok=True)
@@ -197,27 +219,44 @@ def _graph(node, file_name):
             "sink": {"class_type": "PreviewAny", "inputs": {"source": ["load", 0]}}}
 
 
-@pytest.mark.parametrize("name", sorted(ATTACKS))
-def test_attack_refused_and_process_unchanged(name, comfy, comfy_home, known, tmp_path):
+def attack_outcome(comfy, comfy_home, known, name, container, scratch):
+    """Runs one attack through its loader node in a graph; returns (problems, refusal message)."""
     node, build, expect = ATTACKS[name]
     folder = comfy_home / "models" / ("personamagic" if node == "FP_LoadPersonaMagic" else "adaface")
-    evil = folder / f"attack_{name}.pt"
-    _write_torch_zip(evil, build())
+    evil = folder / f"attack_{name}_{container}.pt"
+    WRITERS[container](evil, build())
+    problems, msg = [], ""
     try:
         before_sd, before_fp = known(), _process_fingerprint()
-        files_before = _snapshot(comfy_home, tmp_path)
-        with pytest.raises(PromptFailed) as err:
+        files_before = _snapshot(comfy_home, scratch)
+        try:
             comfy.run(_graph(node, evil.name))
-        msg = str(err.value)
-        assert expect in msg, msg
-        assert "weights_only" not in msg and "will likely succeed" not in msg, msg
-        assert _process_fingerprint() == before_fp
+            problems.append("the prompt succeeded")
+        except PromptFailed as err:
+            msg = str(err)
+        if not any(e in msg for e in ((expect,) if isinstance(expect, str) else expect)):
+            problems.append(f"expected {expect!r}")
+        if "weights_only" in msg or "will likely succeed" in msg:
+            problems.append("torch's advice to disable weights_only")
+        if _process_fingerprint() != before_fp:
+            problems.append("torch/collections objects changed")
         after = known()
-        assert set(after) == set(before_sd) and all(torch.equal(after[k], before_sd[k]) for k in after)
-        assert _snapshot(comfy_home, tmp_path) == files_before
-        assert not (tmp_path / "PWNED").exists() and not (comfy_home / "PWNED").exists()
+        if set(after) != set(before_sd) or not all(torch.equal(after[k], before_sd[k]) for k in after):
+            problems.append("the known mapper reloads differently")
+        if _snapshot(comfy_home, scratch) != files_before:
+            problems.append("a file was created or changed")
+        if (scratch / "PWNED").exists() or (comfy_home / "PWNED").exists():
+            problems.append("code ran")
     finally:
         evil.unlink()
+    return problems, msg
+
+
+@pytest.mark.parametrize("container", sorted(WRITERS))
+@pytest.mark.parametrize("name", sorted(ATTACKS))
+def test_attack_refused_and_process_unchanged(name, container, comfy, comfy_home, known, tmp_path):
+    problems, msg = attack_outcome(comfy, comfy_home, known, name, container, tmp_path)
+    assert not problems, f"{problems}: {msg}"
 
 
 def test_zip_bomb_refused(comfy, known, comfy_home):
@@ -235,7 +274,21 @@ def test_zip_bomb_refused(comfy, known, comfy_home):
         evil.unlink()
 
 
-@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02K\x01."])
+def _tar_bytes():  # torch's oldest (tar) container: refused as unknown content
+    import io
+    import tarfile
+
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:", format=tarfile.PAX_FORMAT) as t:
+        info = tarfile.TarInfo("pickle")
+        info.size = 3
+        t.addfile(info, io.BytesIO(b"K\x01."))
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("content", [b"hello, not a checkpoint", b"PK\x03\x04garbage", b"\x80\x02K\x01.", _tar_bytes(),
+                                     b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19"],
+                         ids=["text", "bad_zip", "raw_pickle", "tar", "legacy_truncated"])
 def test_non_torch_files_clear_message(comfy, known, comfy_home, content):
     evil = comfy_home / "models" / "personamagic" / "not_torch.pt"
     evil.write_bytes(content)
@@ -243,7 +296,7 @@ def test_non_torch_files_clear_message(comfy, known, comfy_home, content):
         with pytest.raises(PromptFailed) as err:
             comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
         msg = str(err.value)
-        assert "not_torch.pt" in msg and ("not a torch checkpoint" in msg or "refused for safety" in msg), msg
+        assert "not_torch.pt" in msg and ("torch checkpoint" in msg or "refused for safety" in msg), msg
         assert "IndexError" not in msg and "KeyError" not in msg
     finally:
         evil.unlink()
@@ -265,3 +318,100 @@ def test_official_layouts_still_load_exactly(comfy, known, install_model):
     a = load_mapper(str(tiny.ensure("personamagic_mapper"))).mapper.state_dict()
     b = load_mapper(str(tiny.ensure("personamagic_mapper_st"))).mapper.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_legacy_header_pickle_with_a_global_is_refused(comfy, comfy_home, known, tmp_path):
+    """A global hidden in a legacy header pickle (system info) is found by the scan and refused before any
+    of the file is unpickled."""
+    evil = comfy_home / "models" / "personamagic" / "attack_legacy_header.pt"
+    _write_torch_legacy(evil, P2 + DICT + STOP, sys_info=P2 + _g("os", "system") + _s("touch PWNED") + b"\x85R" + STOP)
+    try:
+        before = known()
+        with pytest.raises(PromptFailed, match="'os.system', which is not on this loader's allowlist"):
+            comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
+        after = known()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+        assert not (tmp_path / "PWNED").exists() and not (comfy_home / "PWNED").exists()
+    finally:
+        evil.unlink()
+
+
+def test_legacy_files_tensors_load_module_pickles_refused(comfy, comfy_home, known, monkeypatch):
+    """Legacy (pre-1.6) files: tensor-only ones load bit for bit (through load_file and through the Load W+ Code
+    node); one that pickles a whole module (the official PersonaMagic layout saved by the legacy serializer records
+    TimePositionalEncoding as a 'module' reference) is refused by torch's weights-only rule, with a message saying
+    what would load, through the loader node in a graph, and the process is unchanged."""
+    import functools
+
+    from comfyui_face_personalization.models_loader import safe_load
+    from fixtures.tiny import personamagic as pm
+
+    folder = comfy_home / "models" / "personamagic"
+    codes = comfy_home / "models" / "wplus" / "codes"
+    codes.mkdir(parents=True, exist_ok=True)
+    legacy, plain, code_file = folder / "official_legacy.pt", folder / "tensors_legacy.pt", codes / "legacy_code.pt"
+    monkeypatch.setattr(torch, "save", functools.partial(torch.save, _use_new_zipfile_serialization=False))
+    pm.save_official_layout(pm.build_mapper(), legacy, pm.official_cfg(target_norm=0.5),
+                            pm.seeded_generator("personamagic_encoder"))
+    monkeypatch.undo()
+    try:
+        assert legacy.read_bytes()[:2] != b"PK"
+        before = known()
+        with pytest.raises(PromptFailed, match="pickles a module class by reference") as err:
+            comfy.run(_graph("FP_LoadPersonaMagic", legacy.name))
+        assert "official_legacy.pt" in str(err.value) and "weights_only" not in str(err.value)
+        after = known()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+
+        tensors = {"w": torch.randn(3, 4, dtype=torch.float64), "i": torch.arange(7), "h": torch.randn(2).half(),
+                   "view": torch.randn(4, 4)[1:3]}
+        torch.save(tensors, plain, _use_new_zipfile_serialization=False)
+        loaded = safe_load.load_file(plain)
+        assert all(torch.equal(loaded[k], v) and loaded[k].dtype == v.dtype for k, v in tensors.items())
+        code = torch.randn(1, 18, 512)
+        torch.save(code, code_file, _use_new_zipfile_serialization=False)
+        got = comfy.node_classes["FP_LoadWPlus"]().load(code_file.name)[0]
+        assert torch.equal(got, code)
+    finally:
+        for p in (legacy, plain, code_file):
+            if p.exists():
+                p.unlink()
+
+
+def _legacy_tensor(numel, key="0"):
+    """A legacy storage reference ('storage', FloatStorage, key, 'cpu', numel, None) and its rebuild."""
+    n = b"J" + struct.pack("<i", numel)
+    pid = MARK + _s("storage") + _g("torch", "FloatStorage") + _s(key) + _s("cpu") + n + b"N" + b"t"
+    return (_g("torch._utils", "_rebuild_tensor_v2") + MARK + pid + b"Q" + b"K\x00" + n + b"\x85" + b"K\x01\x85"
+            + b"\x89" + _g("collections", "OrderedDict") + TUPLE0 + b"R" + b"t" + b"R")
+
+
+@pytest.mark.parametrize("case", ["storage_without_data", "storage_larger_than_file"])
+def test_legacy_storage_records_checked(comfy, comfy_home, known, tmp_path, case):
+    """Legacy only: torch allocates each declared storage and fills the ones the key list names. A storage
+    left out of that list would come back as uninitialised process memory (plain torch.load returns it);
+    a declared size beyond the file would be allocated. Both are refused before torch.load runs."""
+    import pickle
+
+    from comfyui_face_personalization.models_loader import safe_load
+
+    numel = 64 if case == "storage_without_data" else 50_000_000
+    evil = comfy_home / "models" / "personamagic" / f"attack_legacy_{case}.pt"
+    body = P2 + DICT + _s("state_dict") + DICT + _s("w") + _legacy_tensor(numel) + b"s" + b"s" + STOP
+    with open(evil, "wb") as f:
+        f.write(pickle.dumps(LEGACY_MAGIC, protocol=2) + pickle.dumps(1001, protocol=2) + pickle.dumps(_SYS_INFO, protocol=2))
+        f.write(body + pickle.dumps([] if case == "storage_without_data" else ["0"], protocol=2))
+    try:
+        if case == "storage_without_data":
+            leaked = torch.load(evil, weights_only=True)["state_dict"]["w"]
+            assert leaked.numel() == numel  # what torch alone hands out: memory nobody initialised
+        before = known()
+        want = "without data" if case == "storage_without_data" else "claim 200000000 bytes"
+        with pytest.raises(PromptFailed, match=want):
+            comfy.run(_graph("FP_LoadPersonaMagic", evil.name))
+        with pytest.raises(safe_load.UnsafeCheckpointError, match=want):
+            safe_load.load_file(evil)
+        after = known()
+        assert all(torch.equal(after[k], before[k]) for k in before)
+    finally:
+        evil.unlink()

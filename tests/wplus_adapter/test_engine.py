@@ -1,6 +1,8 @@
 """Attention-patch engine contracts: chaining with a foreign attn2 replace in either order, clones,
 every key visited, keys enumerated from the model (official W+ Adapter table on full SD1.5), errors."""
 import copy
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -8,27 +10,10 @@ import torch
 from harness.unet import comfy_eps
 from test_rca_oracle import _apply, _inputs, _mh, _unmh, ref_w_proj
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "composition"))
+from peers import IPAdapterAttn2Replace as ForeignAttn2Replace  # noqa: E402  the one IPAdapter stand-in (cited there)
 
-class ForeignAttn2Replace:
-    """IPAdapter's Attn2Replace reduced to what these tests need (cubiq/ComfyUI_IPAdapter_plus
-    CrossAttentionPatch.py:7-34: callback list, .add, own plain attention, ``out + callback(out, ...)``;
-    no sigma window here: tests/composition/peers.py has the full stand-in)."""
-
-    def __init__(self, callback=None, **kwargs):
-        self.callback = [callback]
-        self.kwargs = [kwargs]
-
-    def add(self, callback, **kwargs):
-        self.callback.append(callback)
-        self.kwargs.append(kwargs)
-
-    def __call__(self, q, k, v, extra_options):
-        from comfy.ldm.modules.attention import optimized_attention
-
-        out = optimized_attention(q, k, v, extra_options["n_heads"])
-        for cb, kw in zip(self.callback, self.kwargs):
-            out = out + cb(out, q, k, v, extra_options, **kw)
-        return out
+ALWAYS = {"sigma_start": float("inf"), "sigma_end": 0.0}  # IPAdapter's kwargs always carry a sigma window
 
 
 def foreign_residual(out, q, k, v, extra_options, weight=1.0, sigma_start=1e9, sigma_end=0.0, log=None):
@@ -49,10 +34,10 @@ def install_foreign(model, weight, log=None):
         to["patches_replace"]["attn2"] = dict(to["patches_replace"].get("attn2", {}))
         slot = to["patches_replace"]["attn2"]
         if key not in slot:
-            slot[key] = ForeignAttn2Replace(foreign_residual, weight=weight, log=log)
+            slot[key] = ForeignAttn2Replace(foreign_residual, weight=weight, log=log, **ALWAYS)
             m.model_options["transformer_options"] = to
         else:
-            slot[key].add(foreign_residual, weight=weight, log=log)
+            slot[key].add(foreign_residual, weight=weight, log=log, **ALWAYS)
     return m
 
 

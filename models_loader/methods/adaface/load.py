@@ -2,8 +2,8 @@
 
 Official ``adaface.pt`` / ``*.ckpt`` pickle whole modules: ``{"string_to_subj_basis_generator_dict": {"z":
 SubjBasisGenerator | ModuleList[consistentID, arc2face]}, "placeholder_strings", "subject_strings",
-optional "unet_lora_modules", ...}``. They are read with the pack's restricted unpickler
-(:func:`safe_load.load_file`): only the globals below resolve, every class becomes an inert record, and
+optional "unet_lora_modules", ...}``. They are read with torch's ``weights_only`` unpickler
+(:func:`safe_load.load_file`): only the globals below are allowlisted, each as an inert stand-in record, and
 :func:`safe_load.module_state_dict` flattens the generator into a state dict.
 
 The pack's own format (safetensors): ``inverter.text_model.*`` (prompt2token_proj, HF layout),

@@ -1,7 +1,7 @@
 """PersonaMagic (xzhe-Vision/PersonaMagic, AAAI 2025): stage-regulated textual inversion.
 
 - :mod:`.mapper`: the timestep mapper (official parameter names), fp32.
-- :mod:`.checkpoint`: official ``mapper-steps-N.pt`` (restricted unpickler) and the pack's safetensors.
+- :mod:`.checkpoint`: official ``mapper-steps-N.pt`` (torch ``weights_only`` + an inert stand-in) and the pack's safetensors.
 - :mod:`.staged`: per-timestep contexts and the MODEL ``attn2_patch`` (K from the text context,
   V from the bypass context).
 """

@@ -6,8 +6,8 @@ Official ``mapper-steps-N.pt`` (``checkpoint_handler.save_mapper``)::
      "cfg": dict (pyrallis-encoded RunConfig),           # cfg["model"]["target_norm"], cfg["data"][...]
      "encoder": models.positional_encoding.TimePositionalEncoding}   # a pickled nn.Module
 
-It needs pickled classes, so it is read with the pack's restricted unpickler: only that class is
-allowed and it becomes an inert record (nothing of the original code runs); tensors are mapped to
+It needs a pickled class, so it is read with torch's ``weights_only`` unpickler with that one class
+allowlisted as an inert stand-in record (:mod:`...safe_load`) (nothing of the original code runs); tensors are mapped to
 the CPU. The encoder's random ``w`` is not used by the official forward; we keep ``num_w``/``sigma_t``
 for the record only.
 

@@ -124,11 +124,14 @@ class LayerParams:
 
 
 def comfy_attention(extra_options):
-    """ComfyUI's attention backend as an ``attention(q, k, v, heads)`` callable for the RCA module."""
+    """ComfyUI's attention backend as an ``attention(q, k, v, heads)`` callable for the RCA module; the call
+    carries ``transformer_options`` as core's CrossAttention does, so a model's ``optimized_attention_override``
+    (core attention.py ``wrap_attn``) applies to the residual attention too."""
     import comfy.ldm.modules.attention as attention
 
     precision = extra_options.get("attn_precision")
-    return lambda q, k, v, heads: attention.optimized_attention(q, k, v, heads, attn_precision=precision)
+    return lambda q, k, v, heads: attention.optimized_attention(q, k, v, heads, attn_precision=precision,
+                                                                transformer_options=extra_options)
 
 
 def residual_attention(h_text, q, k, v, extra_options, entry):
