@@ -127,7 +127,11 @@ def _base(ckpt_name, method):
     ckpt = folder_paths.get_full_path("checkpoints", ckpt_name)
     if ckpt is None:
         raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in models/checkpoints")
-    return ckpt, check_residual_family(detect_family(ckpt), ckpt_name, method)
+    try:
+        cfg = detect_family(ckpt)
+    except ValueError as exc:  # its wording names Cross Initialization: say which training this is
+        raise ValueError(str(exc).replace("Cross Initialization", method)) from exc
+    return ckpt, check_residual_family(cfg, ckpt_name, method)
 
 
 def _save_codes(job_dir, codes):
