@@ -75,15 +75,50 @@ def encode_wplus(e4e, crops, whiten):
     return codes
 
 
-def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption):
-    """Stage II: per photo (label, square image [R, R, 3] around the face, face mask [R, R], FFHQ crop [512, 512, 3],
-    captions). Captions: the lines of ``<photo>.txt`` beside a folder photo, else ``default_caption``;
-    mask: ``<photo>_mask.png`` beside it (e.g. a face-parsing mask), else the pack's landmark face mask."""
-    from ..models_loader.face.align import align_faces
-    from ..models_loader.face.detect import detect_faces
+def _square_around(img, mask, center, resolution):
+    """The largest square of ``img`` [H, W, 3] / ``mask`` [H, W] centred on ``center`` (x, y) as far as the picture
+    allows, resized to ``resolution`` (training pictures are square; no stretching)."""
+    import torch.nn.functional as F
+
+    h, w = img.shape[:2]
+    side = min(h, w)
+    x0 = int(min(max(center[0] - side / 2, 0), w - side))
+    y0 = int(min(max(center[1] - side / 2, 0), h - side))
+    sq = img[y0:y0 + side, x0:x0 + side].permute(2, 0, 1)[None]
+    sq = F.interpolate(sq, size=(resolution, resolution), mode="bilinear", align_corners=False, antialias=True)
+    m = F.interpolate(mask[y0:y0 + side, x0:x0 + side][None, None], size=(resolution, resolution), mode="bilinear",
+                      align_corners=False)
+    return sq[0].permute(1, 2, 0).clamp(0, 1), m[0, 0].clamp(0, 1)
+
+
+def _side_file_mask(stem, hw):
+    """``<photo>_mask.png`` beside a folder photo as [H, W] in 0..1, or None."""
     import numpy as np
     from PIL import Image
 
+    if not os.path.isfile(stem + "_mask.png"):
+        return None
+    with Image.open(stem + "_mask.png") as im:
+        arr = np.asarray(im.convert("L").resize((hw[1], hw[0]), Image.BILINEAR), np.float32)
+    return torch.from_numpy(arr / 255.0)
+
+
+def _captions(stem, default_caption):
+    if os.path.isfile(stem + ".txt"):
+        with open(stem + ".txt", encoding="utf-8") as f:
+            lines = [c.strip() for c in f if c.strip()]
+        if lines:
+            return lines
+    return [default_caption.strip() or "a photo of a person"]
+
+
+def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption):
+    """Stage II: per photo (label, square picture [R, R, 3] around the face, its face mask [R, R], the FFHQ crop
+    [512, 512, 3] for e4e, captions). Captions: the lines of ``<photo>.txt`` beside a folder photo, else
+    ``default_caption``; mask: ``<photo>_mask.png`` beside it (e.g. a face-parsing mask, as the official data), else
+    the pack's landmark face mask."""
+    from ..models_loader.face.align import align_faces
+    from ..models_loader.face.detect import detect_faces
     from ..models_loader.face.mask import face_mask
 
     out = []
@@ -95,27 +130,11 @@ def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption
             raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
         crop, _ = align_faces(img[None], bundle, "ffhq", 512)
         stem = os.path.splitext(label)[0]
-        if os.path.isfile(stem + "_mask.png"):
-            with Image.open(stem + "_mask.png") as im:
-                mask = torch.from_numpy(np.asarray(im.convert("L").resize((img.shape[1], img.shape[0])), np.float32) / 255.0)
-        else:
+        mask = _side_file_mask(stem, img.shape[:2])
+        if mask is None:
             mask = face_mask(bundle)[0]
-        h, w = img.shape[:2]
-        side = min(h, w)
-        cx, cy = (bundle.faces[0].bbox.view(2, 2).mean(0)).tolist()
-        x0 = int(min(max(cx - side / 2, 0), w - side))
-        y0 = int(min(max(cy - side / 2, 0), h - side))
-        sq = img[y0:y0 + side, x0:x0 + side]
-        sq_mask = mask[y0:y0 + side, x0:x0 + side]
-        sq = torch.nn.functional.interpolate(sq.permute(2, 0, 1)[None], size=(resolution, resolution), mode="bilinear",
-                                             align_corners=False, antialias=True)[0].permute(1, 2, 0).clamp(0, 1)
-        sq_mask = torch.nn.functional.interpolate(sq_mask[None, None], size=(resolution, resolution), mode="bilinear",
-                                                  align_corners=False)[0, 0].clamp(0, 1)
-        captions = []
-        if os.path.isfile(stem + ".txt"):
-            with open(stem + ".txt", encoding="utf-8") as f:
-                captions = [c.strip() for c in f if c.strip()]
-        out.append((label, sq, sq_mask, crop[0], captions or [default_caption.strip() or "a photo of a person"]))
+        picture, picture_mask = _square_around(img, mask, bundle.faces[0].bbox.view(2, 2).mean(0).tolist(), resolution)
+        out.append((label, picture, picture_mask, crop[0], _captions(stem, default_caption)))
     if not out:
         raise ValueError(f"no face found in any of the {len(photos)} photos")
     return out
