@@ -173,3 +173,41 @@ def test_graph_trains_then_generates_with_the_trained_asset(comfy, comfy_home, s
     meta = json.load(open(os.path.join(os.path.dirname(folder_paths.get_full_path(folder, listed[0])), name + ".json")))
     assert meta["method"] == folder and meta["steps"] == 2 and meta["base_model"] == tiny_sd15
     assert len(meta["photos"]) == 2
+
+
+def test_wplus_stage2_export_reads_captions_and_masks(comfy, comfy_home, tiny_sd15, e4e_name, install_model,
+                                                      shared_data):
+    """Stage II from an image folder: <photo>.txt captions and <photo>_mask.png masks go into the job folder, the
+    direction bank is checked, and 'export job only' writes a resumable job plus its accelerate command."""
+    import json
+    import os
+
+    from PIL import Image
+
+    from comfyui_face_personalization.models_loader import paths
+
+    init = install_model("wplus_adapter_sd15", "wplus")
+    directions = paths.model_dir("wplus_directions")
+    os.makedirs(directions, exist_ok=True)
+    for rel in ("att_direction_scale.pth", "ganspace/ffhq_pca.pt", "ganspace/ganspace_configs.csv"):
+        shutil.copyfile(shared_data / "wplus" / rel, os.path.join(directions, os.path.basename(rel)))
+    folder = comfy_home / "input" / "stage2_photos"
+    folder.mkdir(exist_ok=True)
+    shutil.copyfile(shared_data / "faces" / "wplus_in_the_wild_1.jpg", folder / "wild.jpg")
+    (folder / "wild.txt").write_text("two people on a bench\n\na person in a park\n")
+    w, h = Image.open(folder / "wild.jpg").size
+    Image.new("L", (w, h), 255).save(folder / "wild_mask.png")  # all face: the mask file wins over the pipeline
+    prompt = _inputs("FP_TrainWPlusAdapter", tiny_sd15, e4e_name, folder, "stage2_export",
+                     stage="Stage II (in the wild)", init_from=init, mode="export job only")
+    out = comfy.run(prompt)
+    job_dir = out["train"]["text"][0].split()[2]
+    assert "accelerate launch" in out["train"]["text"][0]
+    cfg = json.load(open(os.path.join(job_dir, "config.json")))
+    assert cfg["method"] == "wplus" and cfg["params"]["stage"] == 2
+    assert cfg["params"]["captions"] == [["two people on a bench", "a person in a park"]]
+    assert cfg["params"]["init_file"].endswith(init) and cfg["params"]["directions_dir"] == directions
+    assert len(cfg["photos"]) == 1 and len(cfg["masks"]) == 1
+    mask = np.asarray(Image.open(os.path.join(job_dir, cfg["masks"][0])).convert("L"))
+    assert mask.shape == (64, 64) and mask.min() == 255
+    status = json.load(open(os.path.join(job_dir, "status.json")))
+    assert status["status"] == "resumable"
