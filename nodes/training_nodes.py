@@ -1,7 +1,8 @@
-"""Training nodes (background jobs): FP_TrainCrossInit, FP_TrainingResult. The code lives in training_nodes/."""
-from ..training_nodes import nodes as _nodes, register_routes
+"""Training nodes (background jobs): FP_TrainCrossInit, FP_TrainPIDiff, FP_TrainWPlusAdapter, FP_TrainingResult.
+The code lives in training_nodes/."""
+from ..training_nodes import nodes as _nodes, pidiff_wplus_nodes as _residual, register_routes
 
 register_routes()
 
-NODE_CLASS_MAPPINGS = dict(_nodes.NODE_CLASS_MAPPINGS)
-NODE_DISPLAY_NAME_MAPPINGS = dict(_nodes.NODE_DISPLAY_NAME_MAPPINGS)
+NODE_CLASS_MAPPINGS = dict(_nodes.NODE_CLASS_MAPPINGS, **_residual.NODE_CLASS_MAPPINGS)
+NODE_DISPLAY_NAME_MAPPINGS = dict(_nodes.NODE_DISPLAY_NAME_MAPPINGS, **_residual.NODE_DISPLAY_NAME_MAPPINGS)

@@ -33,10 +33,7 @@ def test_every_workflow_is_documented():
 
 def _shrink_training(prompt):
     """Training nodes ship real presets (hundreds of 512 px steps); on tiny models one 64 px step shows the graph works."""
-    for node in prompt.values():
-        if node["class_type"].startswith("FP_Train") and "preset" in node["inputs"]:
-            node["inputs"].update(preset="custom", steps=1, resolution=64, batch_size=1, grad_accum=1,
-                                  gradient_checkpointing=False, preview_every=0)
+    wf.shrink_training(prompt)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

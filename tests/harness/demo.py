@@ -114,6 +114,9 @@ def main():
             t = time.monotonic()
             ui = workflow.load(REPO / "workflows" / f"{name}.json")
             prompt = workflow.ui_to_api(ui, srv.input_types)
+            if workflow.shrink_training(prompt):  # a demo run, not a real training: 1 step at 64 px
+                print(f"[demo] {name}: training shortened to 1 step at 64 px (the workflow's preset trains for real)",
+                      flush=True)
             for _, tiny_name, real_name in provision.prefer_real_models(prompt, installed, real):
                 print(f"[demo] {name}: {real_name} instead of the tiny {tiny_name}", flush=True)
             try:

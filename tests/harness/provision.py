@@ -16,6 +16,9 @@ SHARED_FILES = {
     "wplus/interfacegan/smile.pt": "wplus/directions",
     "wplus/latent_directions/smile.npy": "wplus/directions",
     "wplus/latent_directions/age.npy": "wplus/directions",
+    "wplus/att_direction_scale.pth": "wplus/directions",  # Stage II W+ disturbance (train_wplus_stage2)
+    "wplus/ganspace/ffhq_pca.pt": "wplus/directions",
+    "wplus/ganspace/ganspace_configs.csv": "wplus/directions",
     "crossinit/learned_embeddings/28017.bin": "crossinit",
     "adaface/mean_emb_keanureeves.pt": "face_embeds",
     "adaface/mean_emb_jenniferlawrence.pt": "face_embeds",

@@ -200,3 +200,18 @@ def write_builders(builders, host=None, out_dir=None, notes=None):
         written.append(out_dir / f"{name}.json")
         print("wrote", written[-1])
     return written
+
+
+TRAINING_SHRINK = dict(preset="custom", steps=1, resolution=64, batch_size=1, grad_accum=1,
+                       gradient_checkpointing=False, preview_every=0)
+
+
+def shrink_training(prompt):
+    """Training nodes ship real presets (hundreds of 512 px steps); on tiny models one 64 px step shows the graph
+    works. Sets the widgets of TRAINING_SHRINK a training node has; returns the ids of the nodes changed."""
+    changed = []
+    for key, node in prompt.items():
+        if node["class_type"].startswith("FP_Train") and "preset" in node["inputs"]:
+            node["inputs"].update({k: v for k, v in TRAINING_SHRINK.items() if k in node["inputs"]})
+            changed.append(key)
+    return changed

@@ -96,24 +96,9 @@ class References:
 
     @staticmethod
     def _unet(mp):
-        import comfy.utils
-        from diffusers import UNet2DConditionModel
+        from fixtures.tiny.sd import diffusers_unet
 
-        from fixtures.tiny.sd import UNET_CONFIGS
-
-        cfg = UNET_CONFIGS["sd15"]
-        unet = UNet2DConditionModel(
-            sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-            down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-            up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-            block_out_channels=(320, 640), cross_attention_dim=768, attention_head_dim=cfg["num_heads"])
-        comfy_sd = mp.model.diffusion_model.state_dict()
-        mapping = comfy.utils.unet_to_diffusers(dict(cfg))
-        target = unet.state_dict()
-        new = {d: comfy_sd[c].float().clone() for d, c in mapping.items() if d in target}
-        assert not set(target) - set(new)
-        unet.load_state_dict(new, strict=True)
-        return unet.eval().float().requires_grad_(False)
+        return diffusers_unet(mp)
 
     @staticmethod
     def _vae(vae):

@@ -33,24 +33,9 @@ def tiny_unet(comfy):
 @pytest.fixture(scope="module")
 def diffusers_unet(tiny_unet):
     """diffusers UNet2DConditionModel with the tiny UNet's weights (converted via comfy.utils.unet_to_diffusers)."""
-    import comfy.utils
-    from diffusers import UNet2DConditionModel
-    from fixtures.tiny.sd import UNET_CONFIGS
+    from fixtures.tiny.sd import diffusers_unet
 
-    cfg = UNET_CONFIGS["sd15"]
-    unet = UNet2DConditionModel(
-        sample_size=8, in_channels=4, out_channels=4, layers_per_block=1,
-        down_block_types=("CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D"),
-        block_out_channels=(320, 640), cross_attention_dim=768, attention_head_dim=cfg["num_heads"])
-    comfy_sd = tiny_unet.model.diffusion_model.state_dict()
-    mapping = comfy.utils.unet_to_diffusers(dict(cfg))
-    target = unet.state_dict()
-    new = {d: comfy_sd[c].clone() for d, c in mapping.items() if d in target}
-    missing = set(target) - set(new)
-    assert not missing, sorted(missing)[:10]
-    unet.load_state_dict(new, strict=True)
-    return unet.eval().float()
+    return diffusers_unet(tiny_unet)
 
 
 @pytest.fixture(scope="module")

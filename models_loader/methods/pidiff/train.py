@@ -54,14 +54,7 @@ class PIDiffTrainer:
         self.prompts = wt.PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
         self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
         self.kind = diffusion.prediction_type(self.model)
-        cross = wt.attn2_modules(self.model)[0].to_k.weight.shape[1]
-        if init is not None:
-            self.mapping, self.adapter = wt.trainable_copy(init)
-        else:
-            self.mapping = wt.fresh_mapping(cross, torch.Generator().manual_seed(int(seed)))
-            self.adapter = wt.adapter_from_unet(self.model)
-        self.mapping.to(self.device).train().requires_grad_(True)
-        self.adapter.to(self.device).train().requires_grad_(True)
+        self.mapping, self.adapter = wt.initial_modules(self.model, init, seed, self.device)
         self.transformer_options, self.holder = wt.residual_training_options(model_patcher, self.adapter,
                                                                              "pidiff_sca_train")
 

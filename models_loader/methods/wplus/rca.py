@@ -89,3 +89,10 @@ class ResidualAdapter(nn.Module):
                 mod.to_k_wplus.weight.copy_(k.float())
                 mod.to_v_wplus.weight.copy_(v.float())
         return m
+
+    @classmethod
+    def from_attention(cls, attn_modules):
+        """The official training init: each layer a copy of one cross-attention module's own ``to_q``, ``to_k``,
+        ``to_v`` weights (W+ Adapter ``train_face.py``; PIDiff initialises W_q', W_k', W_v' the same way)."""
+        return cls.from_weights([(m.to_q.weight.detach(), m.to_k.weight.detach(), m.to_v.weight.detach())
+                                 for m in attn_modules])

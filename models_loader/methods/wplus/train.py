@@ -177,9 +177,7 @@ def adapter_from_unet(model):
     """A :class:`.rca.ResidualAdapter` whose layers are copies of each attn2's to_q/to_k/to_v (official init)."""
     from .rca import ResidualAdapter
 
-    mods = attn2_modules(model)
-    return ResidualAdapter.from_weights([(m.to_q.weight.detach(), m.to_k.weight.detach(), m.to_v.weight.detach())
-                                         for m in mods])
+    return ResidualAdapter.from_attention(attn2_modules(model))
 
 
 def fresh_mapping(cross_dim, generator=None):
@@ -191,6 +189,21 @@ def fresh_mapping(cross_dim, generator=None):
             torch.manual_seed(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=generator)))
             return WProjModel(cross_dim).float()
     return WProjModel(cross_dim).float()
+
+
+def initial_modules(model, init, seed, device, train_mapping=True):
+    """The trainable (mapping, adapter) of a residual-attention trainer (W+ Adapter, PIDiff): fp32 copies of ``init``
+    (loaded ResidualAttnWeights) or, without one, a fresh mapping (seeded) and adapter layers copied from the UNet's
+    own attn2 to_q/k/v; on ``device``, in train mode, the mapping trainable only when ``train_mapping``."""
+    if init is not None:
+        mapping, adapter = trainable_copy(init)
+    else:
+        cross = attn2_modules(model)[0].to_k.weight.shape[1]
+        mapping = fresh_mapping(cross, torch.Generator().manual_seed(int(seed)))
+        adapter = adapter_from_unet(model)
+    mapping.to(device).train().requires_grad_(bool(train_mapping))
+    adapter.to(device).train().requires_grad_(True)
+    return mapping, adapter
 
 
 def trainable_copy(weights):
@@ -377,16 +390,9 @@ class WPlusAdapterTrainer:
         self.prompts = PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
         self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
         self.kind = diffusion.prediction_type(self.model)
-        cross = attn2_modules(self.model)[0].to_k.weight.shape[1]
         if stage == 2 and init is None:
             raise ValueError("W+ Adapter Stage II starts from a Stage I file (w_proj and adapters): give init")
-        if init is not None:
-            self.mapping, self.adapter = trainable_copy(init)
-        else:
-            self.mapping = fresh_mapping(cross, torch.Generator().manual_seed(int(seed)))
-            self.adapter = adapter_from_unet(self.model)
-        self.mapping.to(self.device).train().requires_grad_(stage == 1)
-        self.adapter.to(self.device).train().requires_grad_(True)
+        self.mapping, self.adapter = initial_modules(self.model, init, seed, self.device, train_mapping=stage == 1)
         self.transformer_options, self.holder = residual_training_options(model_patcher, self.adapter, "wplus_rca_train")
         self.plain_options = base_transformer_options(model_patcher)
         self.bank = directions
@@ -586,5 +592,5 @@ def load_result(outputs):
 
 
 __all__ = ["WPlusAdapterTrainer", "Example", "DirectionBank", "augment_wplus", "erode_blur", "draw_drops",
-           "LatentSource", "PromptEncoder", "unet_forward", "attn2_modules", "adapter_from_unet",
+           "LatentSource", "PromptEncoder", "unet_forward", "attn2_modules", "adapter_from_unet", "initial_modules",
            "residual_training_options", "build_trainer", "load_result", "RESULT_TYPE"]
