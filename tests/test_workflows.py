@@ -30,6 +30,8 @@ def _shrink_training(prompt):
         if node["class_type"].startswith("FP_Train") and "preset" in node["inputs"]:
             node["inputs"].update(preset="custom", steps=1, resolution=64, batch_size=1, grad_accum=1,
                                   gradient_checkpointing=False, preview_every=0)
+        elif node["class_type"] == "FP_TrainPersonaMagic":
+            node["inputs"].update(steps=1, resolution=64, grad_accum=1, gradient_checkpointing=False, preview_every=0)
 
 
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])

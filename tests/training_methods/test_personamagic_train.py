@@ -6,6 +6,7 @@ diffusers' UNet with a MyAttenProc-style processor (K from the context, V from t
 ε-MSE, ``get_maximum_attention`` and the TE term, gradient accumulation 2 with ``loss / 2``, AdamW by hand."""
 import copy
 import math
+import os
 
 import pytest
 import torch
@@ -259,12 +260,13 @@ def test_personamagic_dropout_rate_and_loss_falls(sd15, pm_data):
     assert losses[-1] < 0.9 * losses[0], losses
 
 
-def test_personamagic_export_loads_and_changes_output(sd15, pm_data, comfy, comfy_home):
+def test_personamagic_export_loads_and_changes_output(sd15, pm_data, comfy, comfy_home, tmp_path):
     from harness.unet import comfy_eps
 
     pmt, loop = _mods()
     mp, clip, _ = sd15
-    trainer = _trainer(sd15, pm_data, lr=1e-3, output_dirs={"personamagic": str(comfy_home / "models" / "personamagic")})
+    trainer = _trainer(sd15, pm_data, lr=1e-3, output_dirs={"personamagic": str(comfy_home / "models" / "personamagic")},
+                       preview_steps=2)
     initial = trainer.bundle()
     opt = loop.make_optimizer(trainer)
     for s in range(3):
@@ -291,3 +293,6 @@ def test_personamagic_export_loads_and_changes_output(sd15, pm_data, comfy, comf
         m, pos = node.apply(mp, clip, b, text, "<persona>", cvo)
         eps.append(comfy_eps(m, x, torch.full((1,), float(t)), pos[0][0], [0], sigma=sigma))
     assert float((eps[0] - eps[1]).abs().max()) > 1e-5
+    # previews run the same inference patch on the current mapper
+    (png,) = trainer.preview(3, str(tmp_path))
+    assert os.path.getsize(png) > 0

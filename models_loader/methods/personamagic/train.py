@@ -75,6 +75,7 @@ OPEN_PROMPTS = [
 OFFICIAL = {"steps": 1000, "batch": 1, "grad_accum": 2, "learning_rate": 1e-4, "weight_decay": 1e-2,
             "t_min": 400, "t_max": 800, "te_weight": 1e-3, "te_temperature": 100.0, "bypass_drop": 0.5,
             "class_word": "face", "token_num": 4, "num_anchors": 200}
+NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the official inference negative
 PLACEHOLDER = "<persona>"  # stands for the N tokens in the training prompts (official "<new1> ... <new4>")
 
 
@@ -97,7 +98,7 @@ def te_loss(probs, n_prompt, placeholder_cols, weight=1e-3, temperature=100.0):
     ``probs`` [1, H, L, L] last-layer attention probabilities; ``n_prompt`` prompt tokens (no BOS/EOS);
     ``placeholder_cols`` the token positions of placeholders 0..N-1 in the sequence (BOS = 0).
     Returns (term, p)."""
-    att = probs[:, :, :, 1:n_prompt + 1]
+    att = probs[:, :, :, 1:n_prompt + 1].float()
     learn = [int(c) - 1 for c in placeholder_cols]
     sums = att.detach().sum(dim=(0, 1, 2)).tolist()
     s_col, best = None, 0.0
@@ -325,7 +326,7 @@ class PersonaMagicTrainer:
         ref = types.SimpleNamespace(image_embeds=self.image_embeds[:1].cpu())
         model, positive, _ = apply_stage_regulated_ti(self.patcher, self.clip, self.bundle(), self.preview_prompt,
                                                       PLACEHOLDER, ref, self.class_word)
-        negative = [[self.clip.encode_from_tokens(self.clip.tokenize(""), return_pooled=True)[0], {}]]
+        negative = [[self.clip.encode_from_tokens(self.clip.tokenize(NEGATIVE), return_pooled=True)[0], {}]]
         h = self.resolution // 8
         latent = torch.zeros(1, 4, h, h)
         noise = comfy.sample.prepare_noise(latent, self.preview_seed, None)
