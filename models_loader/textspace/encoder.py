@@ -25,6 +25,7 @@ class EncoderOutput:
     context: torch.Tensor            # [B, L, D]: what the UNet cross-attends to (ComfyUI's ``cond``)
     hidden: torch.Tensor             # [B, L, D]: the output layer's hidden state before any final LayerNorm
     pooled: Optional[torch.Tensor]   # [B, D'] pooled output as ComfyUI returns it (or None without eos_index)
+    attention: Optional[torch.Tensor] = None  # [B, H, L, L] last layer's attention probabilities (attentions=True)
 
 
 def insert_rows(embeds, positions, vectors):
@@ -113,24 +114,31 @@ class TextEncoder:
         return F.layer_norm(x, (x.shape[-1],), mod.weight.to(x.device, x.dtype), mod.bias.to(x.device, x.dtype),
                             mod.eps)
 
-    def _attention(self, attn, x, mask):
+    def _attention(self, attn, x, mask, probs_out=None):
         b, n, d = x.shape
         h = attn.heads
         q, k, v = (self._linear(p, x).view(b, n, h, d // h).transpose(1, 2)
                    for p in (attn.q_proj, attn.k_proj, attn.v_proj))
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        if probs_out is None:
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        else:  # explicit softmax (HF "eager" attention) so the probabilities can be returned, with gradients
+            probs = torch.softmax(q @ k.transpose(-1, -2) * (d // h) ** -0.5 + mask, dim=-1)
+            probs_out.append(probs)
+            out = probs @ v
         return self._linear(attn.out_proj, out.transpose(1, 2).reshape(b, n, d))
 
-    def _layer(self, layer, x, mask):
-        x = x + self._attention(layer.self_attn, self._norm(layer.layer_norm1, x), mask)
+    def _layer(self, layer, x, mask, probs_out=None):
+        x = x + self._attention(layer.self_attn, self._norm(layer.layer_norm1, x), mask, probs_out)
         mlp = layer.mlp
         return x + self._linear(mlp.fc2, mlp.activation(self._linear(mlp.fc1, self._norm(layer.layer_norm2, x))))
 
-    def __call__(self, embeds, eos_index=None, attention_mask=None, checkpointing=False):
+    def __call__(self, embeds, eos_index=None, attention_mask=None, attentions=False, checkpointing=False):
         """``embeds`` [B, L, D] input embeddings (no positions) -> :class:`EncoderOutput`.
         ``eos_index`` [B]: position of each row's end token (for ``pooled``); ``attention_mask`` [B, L]
-        (1 = keep) only for models that ComfyUI runs with attention masks; ``checkpointing``: recompute each
-        layer in the backward pass instead of keeping its activations (training memory)."""
+        (1 = keep) only for models that ComfyUI runs with attention masks. ``attentions=True`` also returns the
+        attention probabilities of the encoder's last layer (HF ``attentions[-1]``; all layers then run), e.g.
+        for PersonaMagic's TE loss; the other outputs are unchanged. ``checkpointing``: recompute each layer in
+        the backward pass instead of keeping its activations (training memory)."""
         tm = self.text_model
         x = embeds.float() + tm.embeddings.position_embedding.weight[:embeds.shape[1]].to(embeds.device, torch.float32)
         n = x.shape[1]
@@ -140,15 +148,17 @@ class TextEncoder:
             mask = mask + pad
         layers = tm.encoder.layers
         stop = len(layers) if self.layer == "last" else (self.layer_idx % len(layers)) + 1
-        last_needed = len(layers) if eos_index is not None else stop
+        last_needed = len(layers) if (eos_index is not None or attentions) else stop
         hidden = None
+        probs = []
         for i, layer in enumerate(layers[:last_needed]):
-            if checkpointing and torch.is_grad_enabled():
+            want = attentions and i == len(layers) - 1
+            if checkpointing and torch.is_grad_enabled() and not want:
                 from torch.utils.checkpoint import checkpoint
 
                 x = checkpoint(self._layer, layer, x, mask, use_reentrant=False)
             else:
-                x = self._layer(layer, x, mask)
+                x = self._layer(layer, x, mask, probs if want else None)
             if i == stop - 1:
                 hidden = x
         final = tm.final_layer_norm
@@ -162,4 +172,4 @@ class TextEncoder:
             pooled = last[torch.arange(last.shape[0], device=last.device), torch.as_tensor(eos_index, device=last.device)]
             if self.projected_pooled:
                 pooled = F.linear(pooled, self.model.transformer.text_projection.weight.to(pooled.device, pooled.dtype))
-        return EncoderOutput(context, hidden, pooled)
+        return EncoderOutput(context, hidden, pooled, probs[0] if probs else None)

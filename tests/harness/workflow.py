@@ -211,7 +211,7 @@ def shrink_training(prompt):
     works. Sets the widgets of TRAINING_SHRINK a training node has; returns the ids of the nodes changed."""
     changed = []
     for key, node in prompt.items():
-        if node["class_type"].startswith("FP_Train") and "preset" in node["inputs"]:
+        if node["class_type"].startswith("FP_Train") and ("preset" in node["inputs"] or "steps" in node["inputs"]):
             node["inputs"].update({k: v for k, v in TRAINING_SHRINK.items() if k in node["inputs"]})
             changed.append(key)
     return changed

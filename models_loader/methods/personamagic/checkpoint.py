@@ -117,8 +117,9 @@ def _build(sd, name, output_dim, token_num):
         raise ValueError(f"{name}: {exc}") from None
 
 
-def save_mapper(bundle, path):
-    """Write ``bundle`` in the pack's safetensors format (see module docstring)."""
+def save_mapper(bundle, path, metadata=None):
+    """Write ``bundle`` in the pack's safetensors format (see module docstring); ``metadata``: extra string
+    entries (e.g. training provenance), never overriding the format keys."""
     import safetensors.torch
 
     sd = {k: v.detach().float().contiguous().cpu() for k, v in bundle.mapper.state_dict().items()}
@@ -131,5 +132,6 @@ def save_mapper(bundle, path):
         "super_category_token": bundle.class_word,
         "placeholder_tokens": json.dumps(list(bundle.placeholder_tokens)),
     }
+    meta = dict({str(k): str(v) for k, v in (metadata or {}).items()}, **meta)
     safetensors.torch.save_file(sd, str(path), metadata=meta)
     return path

@@ -31,13 +31,14 @@ def official_pixels(images, size=224, load_size=512):
     return (x - mean) / std
 
 
-def encode_reference(clip_vision, images):
-    """-> ComfyUI CLIP_VISION_OUTPUT (``image_embeds`` [B, D]) of ``images`` with the official preprocessing."""
+def encode_reference(clip_vision, images, load_size=512):
+    """-> ComfyUI CLIP_VISION_OUTPUT (``image_embeds`` [B, D]) of ``images`` with the official preprocessing
+    (``load_size``: the PIL resize before the kernel resize; training uses its own resolution)."""
     import comfy.clip_vision
     import comfy.model_management
 
     size = int(getattr(clip_vision, "image_size", 224))
-    pixels = official_pixels(images, size=size)
+    pixels = official_pixels(images, size=size, load_size=load_size)
     comfy.model_management.load_model_gpu(clip_vision.patcher)
     with torch.no_grad():
         out = clip_vision.model(pixel_values=pixels.to(clip_vision.load_device).float(), intermediate_output=-2)
