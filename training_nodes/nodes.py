@@ -195,12 +195,27 @@ class FP_TrainCrossInit:
     def execute(self, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate, batch_size, grad_accum,
                 resolution, seed, precision, gradient_checkpointing, cache_latents, checkpoint_every, preview_every,
                 if_no_face, pause_while_generating, mode, images=None, photo_folder=""):
+        from ..models_loader.methods.crossinit import train as ci
+        from .jobs import JobManager
+
+        if preset in ci.PRESETS:
+            steps = ci.PRESETS[preset]["steps"]
+        manager = JobManager.get()
+        with manager.rejections("crossinit", name, ckpt_name, steps):
+            return self._submit(manager, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate,
+                                batch_size, grad_accum, resolution, seed, precision, gradient_checkpointing,
+                                cache_latents, checkpoint_every, preview_every, if_no_face, pause_while_generating,
+                                mode, images, photo_folder)
+
+    def _submit(self, manager, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate, batch_size,
+                grad_accum, resolution, seed, precision, gradient_checkpointing, cache_latents, checkpoint_every,
+                preview_every, if_no_face, pause_while_generating, mode, images, photo_folder):
         import folder_paths
 
         from ..models_loader import paths
         from ..models_loader.methods.crossinit import train as ci
         from ..models_loader.textspace.trigger import check_trigger
-        from .jobs import JobManager, comfyui_root
+        from .jobs import comfyui_root
 
         trigger = check_trigger(trigger_word)
         if preset in ci.PRESETS:
@@ -212,7 +227,6 @@ class FP_TrainCrossInit:
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in models/checkpoints")
         family = check_crossinit_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"crossinit": paths.model_dir("crossinit"), "embeddings": folder_paths.get_folder_paths("embeddings")[0]}
-        manager = JobManager.get()
         name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()),
                                         os.path.join(out_dirs["embeddings"], name.strip() + ".safetensors")],
                                  manager.reserved_names("crossinit"))
@@ -244,7 +258,7 @@ class FP_TrainCrossInit:
                                   message="exported; run the command or resume it here")
             msg = f"job folder {job_dir} written; run: {cmd}"
         job = {"job_id": job_id, "method": "crossinit", "name": name, "job_dir": job_dir}
-        return {"ui": {"text": [msg]}, "result": (job, job_id, out_path, cmd)}
+        return {"ui": {"text": [msg], "job_id": [job_id]}, "result": (job, job_id, out_path, cmd)}
 
 
 class FP_TrainingResult:
