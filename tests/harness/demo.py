@@ -57,6 +57,7 @@ def start_training(srv, home):
 
 
 def finish_training(srv, job_id, images_dir, timeout=1800):
+    workflows_done = time.time()  # called once the example workflows ran
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         job = srv.get_json(f"/fp/training/jobs/{job_id}")
@@ -68,6 +69,10 @@ def finish_training(srv, job_id, images_dir, timeout=1800):
     if job["status"] != "done":
         print(f"[demo] training: FAILED: {job.get('error')}", flush=True)
         return False
+    history = srv.get_json(f"/fp/training/jobs/{job_id}")["loss_history"]
+    during = sum(1 for r in history if r["time"] <= workflows_done)
+    print(f"[demo] training: {during} of {len(history)} steps ran while the example workflows ran; loss "
+          f"{history[0]['loss']:.4f} -> {history[-1]['loss']:.4f}", flush=True)
     from harness.graphs import txt2img
 
     p = txt2img(srv.demo_train_ckpt, text="a photo of <face> person", prefix="trained_crossinit")
