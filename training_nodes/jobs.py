@@ -164,6 +164,8 @@ class JobManager:
         try:
             yield
         except Exception as exc:
+            if type(exc).__name__ == "InterruptProcessingException":  # the user pressed Interrupt: not a refusal
+                raise
             try:
                 self.record_rejected(method, str(name or "").strip(), base_model_name, str(exc), steps)
             except Exception:  # recording must never hide the user's real error
