@@ -392,6 +392,7 @@ def summary_of(job_id, st, spec=None):
     out = {"id": job_id, "method": spec.get("method", st.get("method")), "name": spec.get("name", st.get("name")),
            "base_model": spec.get("base_model_name")}
     out.update({k: st.get(k) for k in SUMMARY_STATUS_KEYS})
+    out["outputs"] = out["outputs"] or []
     out["preview_url"] = f"/fp/training/jobs/{job_id}/files/{out['preview']}" if out.get("preview") else None
     return out
 
