@@ -4,7 +4,8 @@ Run from tests/: $FP_PY ../bench/bench_training.py [--kind sd15] [--res 64] [--r
   engine: the loop's per-step path (sample_inputs from the per-step generator, optimizer_step with accumulation
           bookkeeping, loss.jsonl + status.json writes);
   bare:   precomputed inputs, trainer.loss_terms -> backward -> AdamW.step (no bookkeeping).
-Prints both medians and the ratio (target <= 1.10). With --memory it also prints the peak CPU RSS of one step at
+Prints both medians and the ratio (target <= 1.10). With --overhead it also runs one 3-step job through the job
+engine (JobManager -> worker subprocess, train.py) and prints submit -> worker start -> first step. With --memory it also prints the peak CPU RSS of one step at
 512 px on the full-size SD1.5 UNet (random weights) with and without gradient checkpointing (separate processes).
 """
 import argparse
@@ -68,6 +69,38 @@ def speed(a):
           f"s/step, ratio {t['engine'] / t['bare']:.3f}")
 
 
+def overhead(a):
+    """submit -> first optimiser step of a real job (worker subprocess loads ComfyUI and the checkpoint)."""
+    import time
+
+    import _boot
+
+    home = _boot.boot()
+    from PIL import Image
+
+    from fixtures import tiny
+
+    from comfyui_face_personalization.models_loader.training import jobfiles
+    from comfyui_face_personalization.models_loader.training.spec import JobSpec
+    from comfyui_face_personalization.training_nodes.jobs import JobManager, comfyui_root
+
+    manager = JobManager(tempfile.mkdtemp(prefix="fp_bench_jobs_"))
+    job_id, job_dir = manager.new_job_dir("crossinit")
+    Image.new("RGB", (a.res, a.res), (120, 100, 90)).save(os.path.join(job_dir, "photos", "photo_00.png"))
+    out = tempfile.mkdtemp(prefix="fp_bench_out_")
+    spec = JobSpec(job_id=job_id, method="crossinit", name="bench", base_model=str(tiny.ensure(a.kind)),
+                   photos=["photos/photo_00.png"], params={"trigger_word": "<face>"}, steps=3, resolution=a.res,
+                   checkpoint_every=100, output_dirs={"crossinit": out, "embeddings": out}, comfyui_path=comfyui_root(),
+                   cpu=True)
+    manager.submit(spec, job_dir, pause_while_generating=False)
+    st = manager.wait(job_id, poll=0.1)
+    assert st["status"] == "done", st
+    print(f"engine overhead ({a.kind} {a.res}px, CPU): submit -> worker spawned {st['spawned'] - st['submitted']:.2f} s, "
+          f"-> worker running {st['worker_started'] - st['submitted']:.2f} s, -> first step done "
+          f"{st['first_step_at'] - st['submitted']:.2f} s (3 steps, {st['it_s']:.2f} it/s)")
+    del home
+
+
 def memory_child(ckpt):
     import _boot
 
@@ -95,11 +128,14 @@ def main():
     ap.add_argument("--res", type=int, default=64)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--memory", action="store_true")
+    ap.add_argument("--overhead", action="store_true")
     ap.add_argument("--child", choices=["ckpt", "nockpt"])
     a = ap.parse_args()
     if a.child:
         return memory_child(a.child == "ckpt")
     speed(a)
+    if a.overhead:
+        overhead(a)
     if a.memory:
         for mode in ("nockpt", "ckpt"):
             out = subprocess.run([sys.executable, __file__, "--child", mode], capture_output=True, text=True)

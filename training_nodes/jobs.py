@@ -10,6 +10,8 @@ checkpoint and exits ``cancelled``); SIGTERM after 120 s, SIGKILL after 240 s as
 jobs left queued/running are marked ``resumable``; resume re-queues a job, which continues from its last
 checkpoint.
 """
+import contextlib
+import json
 import logging
 import os
 import shutil
@@ -135,9 +137,40 @@ class JobManager:
                                   submitted=time.time(), method=spec.method, name=spec.name)
             self.pause_while_generating[spec.job_id] = bool(pause_while_generating)
             self.queue.append(spec.job_id)
-        _send("fp-training-status", {"job_id": spec.job_id, "status": "queued"})
+        _send("fp-training-status", _status_msg(spec.job_id, jobfiles.read_status(job_dir)))
         self._wake.set()
         return spec.job_id
+
+    def record_rejected(self, method, name, base_model_name, error, steps=None):
+        """A training node refused its inputs (no face, unreadable photo, wrong model family, name taken):
+        keep a ``failed`` job with the error text so the panel lists it beside the jobs that ran.
+        It has no photos or checkpoint, so it cannot be resumed; delete removes it."""
+        job_id, d = self.new_job_dir(method)
+        jobfiles.atomic_write_text(os.path.join(d, "config.json"), json.dumps(
+            {"job_id": job_id, "method": method, "name": name, "base_model_name": base_model_name, "steps": steps,
+             "rejected": True}, indent=1))
+        now = time.time()
+        jobfiles.write_status(d, status="failed", step=0, total=steps, method=method, name=name, submitted=now,
+                              finished=now, error=error, message="the training node refused its inputs; nothing ran")
+        with open(os.path.join(d, jobfiles.LOG_FILE), "a", encoding="utf-8") as f:
+            f.write(f"rejected before training: {error}\n")
+        _send("fp-training-status", _status_msg(job_id, jobfiles.read_status(d)))
+        return job_id
+
+    @contextlib.contextmanager
+    def rejections(self, method, name, base_model_name, steps=None):
+        """Around a training node's validation + submit: an error before the job was queued is recorded
+        (:meth:`record_rejected`) and re-raised, so the prompt fails with it AND the panel shows it."""
+        try:
+            yield
+        except Exception as exc:
+            if type(exc).__name__ == "InterruptProcessingException":  # the user pressed Interrupt: not a refusal
+                raise
+            try:
+                self.record_rejected(method, str(name or "").strip(), base_model_name, str(exc), steps)
+            except Exception:  # recording must never hide the user's real error
+                log.exception("could not record the refused training job")
+            raise
 
     def reserved_names(self, method):
         """Output names of this method's queued/running jobs (a second job may not take them)."""
@@ -164,7 +197,7 @@ class JobManager:
                 raise JobError(f"job {job_id} is already {st}", 409)
             else:  # resumable: nothing runs
                 jobfiles.write_status(d, status="cancelled")
-        _send("fp-training-status", {"job_id": job_id, "status": jobfiles.read_status(d).get("status")})
+        _send("fp-training-status", _status_msg(job_id, jobfiles.read_status(d)))
         return self.summary(job_id)
 
     def resume(self, job_id, pause_while_generating=None):
@@ -176,6 +209,8 @@ class JobManager:
                 raise JobError(f"job {job_id} is already {st}", 409)
             if st == "done":
                 raise JobError(f"job {job_id} is done; nothing to resume", 409)
+            if (jobfiles.read_json(os.path.join(d, "config.json"), {}) or {}).get("rejected"):
+                raise JobError(f"job {job_id} never started (its inputs were refused); fix them and queue it again", 409)
             jobfiles.set_flag(d, jobfiles.CANCEL_FLAG, False)
             jobfiles.write_status(d, status="queued", error=None, message="resumed: continues from its last checkpoint")
             if pause_while_generating is not None:
@@ -185,7 +220,7 @@ class JobManager:
             else:
                 self.queue.append(job_id)
         self._wake.set()
-        _send("fp-training-status", {"job_id": job_id, "status": "queued"})
+        _send("fp-training-status", _status_msg(job_id, jobfiles.read_status(d)))
         return self.summary(job_id)
 
     def delete(self, job_id):
@@ -196,22 +231,14 @@ class JobManager:
             if job_id in self.queue:
                 self.queue.remove(job_id)
             shutil.rmtree(d)
-        _send("fp-training-status", {"job_id": job_id, "status": "deleted"})
+        _send("fp-training-status", {"id": job_id, "status": "deleted", "error": None, "message": None})
         return {"deleted": job_id}
 
     # -- views ----------------------------------------------------------------------------------------
     def summary(self, job_id):
         d = self.job_dir(job_id)
-        st = jobfiles.read_status(d)
         spec = jobfiles.read_json(os.path.join(d, "config.json"), {}) or {}
-        keys = ("status", "step", "total", "loss", "lr", "eta_s", "it_s", "error", "message", "outputs",
-                "best_id_score", "best_step", "id_score", "preview", "submitted", "finished")
-        out = {"id": job_id, "method": spec.get("method"), "name": spec.get("name"),
-               "base_model": spec.get("base_model_name"), "job_dir": d}
-        out.update({k: st.get(k) for k in keys})
-        if out.get("preview"):
-            out["preview_url"] = f"/fp/training/jobs/{job_id}/files/{out['preview']}"
-        return out
+        return dict(summary_of(job_id, jobfiles.read_status(d), spec), job_dir=d)
 
     def detail(self, job_id, log_lines=60):
         d = self.job_dir(job_id)
@@ -300,8 +327,9 @@ class JobManager:
         proc = self._spawn(job_id, d)
         with self.lock:
             self.current = (job_id, proc)
-        _send("fp-training-status", {"job_id": job_id, "status": "running"})
-        last = (None, None)
+        spec = jobfiles.read_json(os.path.join(d, "config.json"), {}) or {}
+        _send("fp-training-status", _status_msg(job_id, jobfiles.read_status(d)))
+        last = (None, None, None)
         while proc.poll() is None:
             time.sleep(0.25)
             self._manage_pause(job_id, d)
@@ -310,8 +338,8 @@ class JobManager:
             key = (st.get("status"), st.get("step"), st.get("preview"))
             if key != last:
                 if key[0] != last[0]:
-                    _send("fp-training-status", {"job_id": job_id, "status": key[0]})
-                _send("fp-training-progress", _progress(job_id, st))
+                    _send("fp-training-status", _status_msg(job_id, st))
+                _send("fp-training-progress", _progress(job_id, st, spec))
                 last = key
         with self.lock:
             if job_id in self._resume_after_exit:
@@ -331,8 +359,8 @@ class JobManager:
         jobfiles.set_flag(d, jobfiles.CANCEL_FLAG, False)
         self._cancel_at.pop(job_id, None)
         st = jobfiles.read_status(d)
-        _send("fp-training-status", {"job_id": job_id, "status": st.get("status"), "error": st.get("error")})
-        _send("fp-training-progress", _progress(job_id, st))
+        _send("fp-training-status", _status_msg(job_id, st))
+        _send("fp-training-progress", _progress(job_id, st, spec))
 
     def _manage_pause(self, job_id, d):
         if jobfiles.flag(d, jobfiles.CANCEL_FLAG):
@@ -353,13 +381,28 @@ class JobManager:
             proc.terminate()
 
 
-def _progress(job_id, st):
-    out = {"job_id": job_id}
-    for k in ("status", "step", "total", "loss", "lr", "eta_s", "it_s", "id_score", "best_id_score", "error"):
-        out[k] = st.get(k)
-    if st.get("preview"):
-        out["preview"] = f"/fp/training/jobs/{job_id}/files/{st['preview']}"
+SUMMARY_STATUS_KEYS = ("status", "step", "total", "loss", "lr", "eta_s", "it_s", "error", "message", "outputs",
+                       "best_id_score", "best_step", "id_score", "preview", "submitted", "finished", "updated")
+
+
+def summary_of(job_id, st, spec=None):
+    """The one job record of the contract (README "Training routes"): the routes' summaries and the
+    websocket messages carry exactly these fields (``preview`` is a file name, ``preview_url`` its route)."""
+    spec = spec or {}
+    out = {"id": job_id, "method": spec.get("method", st.get("method")), "name": spec.get("name", st.get("name")),
+           "base_model": spec.get("base_model_name")}
+    out.update({k: st.get(k) for k in SUMMARY_STATUS_KEYS})
+    out["outputs"] = out["outputs"] or []
+    out["preview_url"] = f"/fp/training/jobs/{job_id}/files/{out['preview']}" if out.get("preview") else None
     return out
+
+
+def _progress(job_id, st, spec=None):
+    return summary_of(job_id, st, spec)
+
+
+def _status_msg(job_id, st):
+    return {"id": job_id, "status": st.get("status"), "error": st.get("error"), "message": st.get("message")}
 
 
 def _step_of(fname):

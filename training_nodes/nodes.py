@@ -134,7 +134,8 @@ class FP_TrainCrossInit:
                    "initialised by Cross Initialization, AdamW on them only, ε-MSE + 1e-5 · distance to the init, "
                    "81 prompt templates 'face of <trigger> person', flips. Writes models/crossinit/<name>/"
                    "learned_embeds.bin (official) and models/embeddings/<name>.safetensors (embedding:<name>). "
-                   "Trains on the checkpoint file you pick (its weights as saved, without LoRAs of this graph).")
+                   "Trains on the checkpoint you pick; connect the graph's MODEL/CLIP (after LoRA loaders) to train "
+                   "on what you see: their LoRA/merge weights are baked into the base it trains on.")
     CATEGORY = CATEGORY
     RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
     RETURN_NAMES = ("job", "job_id", "output_path", "command")
@@ -186,18 +187,41 @@ class FP_TrainCrossInit:
                 "images": ("IMAGE", {"tooltip": "Training photos (one or more, one identity)."}),
                 "photo_folder": ("STRING", {"default": "", "tooltip": "Folder of photos (a folder name in ComfyUI's "
                                  "input folder, or a path inside ComfyUI's folders), in addition to / instead of images."}),
+                "model": ("MODEL", {"tooltip": "Optional: the MODEL of this graph (e.g. after a LoRA loader) from the "
+                          "SAME checkpoint as ckpt_name. Its weight patches (LoRAs, merges) are baked into the UNet "
+                          "the identity is trained on, so the identity fits what you generate with. Attention patches "
+                          "of other nodes are not trained on. Empty: the checkpoint file's own weights."}),
+                "clip": ("CLIP", {"tooltip": "Optional: the CLIP of this graph (e.g. after a LoRA loader) from the same "
+                         "checkpoint. Its LoRA weights are baked into the text encoder trained through. Empty: the "
+                         "checkpoint file's own text encoder."}),
             },
         }
 
     def execute(self, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate, batch_size, grad_accum,
                 resolution, seed, precision, gradient_checkpointing, cache_latents, checkpoint_every, preview_every,
-                if_no_face, pause_while_generating, mode, images=None, photo_folder=""):
+                if_no_face, pause_while_generating, mode, images=None, photo_folder="", model=None, clip=None):
+        from ..models_loader.methods.crossinit import train as ci
+        from .jobs import JobManager
+
+        if preset in ci.PRESETS:
+            steps = ci.PRESETS[preset]["steps"]
+        manager = JobManager.get()
+        with manager.rejections("crossinit", name, ckpt_name, steps):
+            return self._submit(manager, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate,
+                                batch_size, grad_accum, resolution, seed, precision, gradient_checkpointing,
+                                cache_latents, checkpoint_every, preview_every, if_no_face, pause_while_generating,
+                                mode, images, photo_folder, model, clip)
+
+    def _submit(self, manager, ckpt_name, face_analysis, name, trigger_word, preset, steps, learning_rate, batch_size,
+                grad_accum, resolution, seed, precision, gradient_checkpointing, cache_latents, checkpoint_every,
+                preview_every, if_no_face, pause_while_generating, mode, images, photo_folder, model, clip):
+        from ..models_loader.training import baked
         import folder_paths
 
         from ..models_loader import paths
         from ..models_loader.methods.crossinit import train as ci
         from ..models_loader.textspace.trigger import check_trigger
-        from .jobs import JobManager, comfyui_root
+        from .jobs import comfyui_root
 
         trigger = check_trigger(trigger_word)
         if preset in ci.PRESETS:
@@ -209,7 +233,6 @@ class FP_TrainCrossInit:
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in models/checkpoints")
         family = check_crossinit_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"crossinit": paths.model_dir("crossinit"), "embeddings": folder_paths.get_folder_paths("embeddings")[0]}
-        manager = JobManager.get()
         name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()),
                                         os.path.join(out_dirs["embeddings"], name.strip() + ".safetensors")],
                                  manager.reserved_names("crossinit"))
@@ -220,15 +243,17 @@ class FP_TrainCrossInit:
             rel = os.path.join(jobfiles.PHOTOS_DIR, f"photo_{i:02d}.png")
             save_png(crop, os.path.join(job_dir, rel))
             photos.append(rel)
+        overrides, patched = baked.write_overrides(job_dir, model, clip)
         spec = JobSpec(job_id=job_id, method="crossinit", name=name, base_model=ckpt, base_model_name=ckpt_name,
                        family=family, photos=photos, params={"trigger_word": trigger, "reg_weight": ci.REG_WEIGHT,
-                                                             "preset": preset, "sources": [c[0] for c in crops]},
+                                                             "preset": preset, "sources": [c[0] for c in crops],
+                                                             "base_patched": patched},
                        steps=int(steps), seed=int(seed), batch=batch_size // grad_accum, grad_accum=grad_accum,
                        learning_rate=float(learning_rate), resolution=resolution, precision=precision,
                        gradient_checkpointing=gradient_checkpointing, cache_latents=cache_latents,
                        checkpoint_every=checkpoint_every, preview_every=preview_every, output_dirs=out_dirs,
                        face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "", comfyui_path=comfyui_root(),
-                       created=time.strftime("%Y-%m-%dT%H:%M:%S"))
+                       base_overrides=overrides, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
         out_path = os.path.join(out_dirs["crossinit"], name, "learned_embeds.bin")
         cmd = command_line(job_dir)
         if mode == "run":
@@ -241,7 +266,7 @@ class FP_TrainCrossInit:
                                   message="exported; run the command or resume it here")
             msg = f"job folder {job_dir} written; run: {cmd}"
         job = {"job_id": job_id, "method": "crossinit", "name": name, "job_dir": job_dir}
-        return {"ui": {"text": [msg]}, "result": (job, job_id, out_path, cmd)}
+        return {"ui": {"text": [msg], "job_id": [job_id]}, "result": (job, job_id, out_path, cmd)}
 
 
 class FP_TrainingResult:

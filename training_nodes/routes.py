@@ -9,9 +9,7 @@
     POST   /fp/training/jobs/{id}/resume        -> summary (status queued)
     DELETE /fp/training/jobs/{id}               -> {"deleted": id}
 
-Summary: {id, method, name, base_model, job_dir, status, step, total, loss, lr, eta_s, it_s, error,
-message, outputs, best_id_score, best_step, id_score, preview, preview_url, submitted, finished}.
-Statuses: queued, running, paused, cancelling, cancelled, failed, done, resumable.
+Summary / detail / message fields: the README's "Training routes" contract (built by jobs.summary_of).
 Errors: {"error": text} with 400 (bad id / file name), 404 (no such job / file), 409 (wrong state).
 """
 import os

@@ -59,8 +59,9 @@ def _distributed(spec):
         return Distributed(rank=dist.get_rank(), world=dist.get_world_size())
 
 
-def load_base(spec):
-    """The checkpoint via ComfyUI's own loader, on ComfyUI's torch device, every weight frozen."""
+def load_base(spec, job_dir=None):
+    """The checkpoint via ComfyUI's own loader, with the graph's baked weight patches when the job has them
+    (``spec.base_overrides``, see :mod:`.baked`), on ComfyUI's torch device, every weight frozen."""
     import comfy.model_management as mm
     import comfy.sd
 
@@ -72,6 +73,11 @@ def load_base(spec):
                                                                 embedding_directory=None)
     if clip is None or vae is None:
         raise ValueError(f"{spec.base_model_name or spec.base_model} has no text encoder or VAE; training needs a full checkpoint")
+    if spec.base_overrides:
+        from .baked import apply_overrides
+
+        n = apply_overrides(os.path.join(job_dir or ".", spec.base_overrides), model, clip)
+        log.info("trains on the graph's patched weights: %d tensors from %s", n, spec.base_overrides)
     mm.load_models_gpu([model, clip.patcher, vae.patcher], force_full_load=True)
     device = mm.get_torch_device()
     for m in (model.model, clip.cond_stage_model, vae.first_stage_model):
@@ -104,7 +110,7 @@ def run_job(job_dir, parent_pid=None):
             jobfiles.write_status(job_dir, status="running", step=jobfiles.read_status(job_dir).get("step", 0),
                                   total=spec.steps, error=None, pid=os.getpid(), world=dist.world,
                                   worker_started=time.time())
-        base = load_base(spec)
+        base = load_base(spec, job_dir)
         module = registry.method_module(spec.method)
         trainer = module.build_trainer(spec, base, job_dir)
         scorer = make_scorer(spec.face_pack_dir, photo_paths(spec, job_dir)) if (spec.preview_every and dist.main) else None

@@ -42,6 +42,7 @@ class JobSpec:
     face_pack_dir: str = ""                     # insightface pack for the ID score ('' = off)
     comfyui_path: str = ""                      # ComfyUI root (for comfy.* imports in the worker)
     cpu: bool = False                           # force CPU in the worker (ComfyUI ran with --cpu)
+    base_overrides: str = ""                    # file in the job dir: the graph's LoRA/merge patches baked (baked.py)
     created: str = ""
 
     @property

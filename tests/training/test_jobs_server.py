@@ -3,6 +3,7 @@ finishes while the job runs, cancel leaves a loadable checkpoint, resume finishe
 FP_LoadIdentityEmbedding, injected errors fail the job (server keeps serving), bad input, route contract."""
 import json
 import shutil
+import urllib.request
 import sys
 import time
 
@@ -129,6 +130,11 @@ def test_bad_inputs(server, tiny_sd15, photo_dir):
     Image.fromarray(np.full((64, 64, 3), 128, np.uint8)).save(noface / "gray.png")
     msg = error_of(_train_prompt(tiny_sd15, "bad2", noface))
     assert "no face found in" in msg and "gray.png" in msg and "skip" in msg
+    # the refused job is listed as failed with the same text (what the panel shows); it cannot be resumed
+    refused = [j for j in server.get_json("/fp/training/jobs")["jobs"] if j["name"] == "bad2"]
+    assert len(refused) == 1 and refused[0]["status"] == "failed" and refused[0]["error"].strip() == msg.strip(), refused
+    status, body = server.post_json(f"/fp/training/jobs/{refused[0]['id']}/resume", {})
+    assert status == 409 and "never started" in body["error"]
     corrupt = server.home / "input" / "corrupt_photos"
     corrupt.mkdir(exist_ok=True)
     (corrupt / "broken.jpg").write_bytes(b"not an image")
@@ -143,11 +149,21 @@ def test_bad_inputs(server, tiny_sd15, photo_dir):
 
 
 def test_route_contract(server):
-    status, body = server.post_json("/fp/training/jobs/no-such-job/cancel", {})
-    assert status == 404 and "no training job" in body["error"]
+    import urllib.error
+
+    for verb in ("cancel", "resume"):
+        status, body = server.post_json(f"/fp/training/jobs/no-such-job/{verb}", {})
+        assert status == 404 and "no training job 'no-such-job'" in body["error"], body
+    for path in ("/fp/training/jobs/no-such-job", "/fp/training/jobs/no-such-job/files/log.txt"):
+        with pytest.raises(urllib.error.HTTPError) as e:
+            server.get_json(path)
+        assert e.value.code == 404 and "no training job 'no-such-job'" in json.loads(e.value.read())["error"]
+    req = urllib.request.Request(server.url + "/fp/training/jobs/no-such-job", method="DELETE")
+    with pytest.raises(urllib.error.HTTPError) as e:
+        urllib.request.urlopen(req, timeout=30)
+    assert e.value.code == 404
     status, body = server.post_json("/fp/training/jobs/..%2F..%2Fetc/resume", {})
     assert status in (400, 404)
-    import urllib.error
 
     with pytest.raises(urllib.error.HTTPError) as e:
         server.get_json("/fp/training/jobs/bad$id")
@@ -160,3 +176,63 @@ def test_route_contract(server):
                 server.get_bytes(f"/fp/training/jobs/{jid}/files/{name}")
             assert e.value.code in (400, 404)
         assert server.get_bytes(f"/fp/training/jobs/{jid}/files/config.json")
+
+
+def _learned(job_dir):
+    import torch
+
+    state = torch.load(f"{job_dir}/checkpoints/last.pt", weights_only=True)
+    return state["step"], state["trainable"]
+
+
+def test_server_killed_mid_run_resumes_at_its_checkpoint_with_the_same_final_weights(tmp_path_factory, tiny_sd15,
+                                                                                   comfy_home, shared_data):
+    """A hard kill (SIGKILL of the server's process group: server and worker) mid-run; a new server lists the job
+    as resumable; resume continues from the last checkpoint and ends bit-for-bit where an uninterrupted run of
+    the same seeded job ends (loss at every step and the trained tensors)."""
+    import os
+    import signal
+
+    import torch
+
+    home = tmp_path_factory.mktemp("train_kill")
+    shutil.copytree(comfy_home / "models" / "checkpoints", home / "models" / "checkpoints", symlinks=True, dirs_exist_ok=True)
+    photos = home / "input" / "photos"
+    photos.mkdir(parents=True)
+    shutil.copyfile(shared_data / "faces" / "celebahq_28017.jpg", photos / "a.jpg")
+    steps = 16
+    srv = ComfyServer(home, python=sys.executable, startup_timeout=900)
+    srv.start()
+    try:
+        ref_id = _job_id(_submit(srv, _train_prompt(tiny_sd15, "ref_run", photos, steps=steps, checkpoint_every=3)))
+        ref = _wait_status(srv, ref_id, ("done", "failed"))
+        assert ref["status"] == "done", ref
+        kill_id = _job_id(_submit(srv, _train_prompt(tiny_sd15, "kill_run", photos, steps=steps, checkpoint_every=3)))
+        job = _wait_status(srv, kill_id, ("running", "done"), min_step=4)
+        assert job["status"] == "running" and job["step"] < steps, job  # killed mid-run
+        os.killpg(srv.proc.pid, signal.SIGKILL)
+        srv.proc.wait(timeout=30)
+    finally:
+        srv.stop()
+    saved_step, _ = _learned(job["job_dir"])
+    assert 3 <= saved_step < steps and saved_step % 3 == 0
+
+    srv = ComfyServer(home, python=sys.executable, startup_timeout=900)
+    srv.start()
+    try:
+        job = srv.get_json(f"/fp/training/jobs/{kill_id}")
+        assert job["status"] == "resumable" and "server stopped" in job["message"], job
+        status, body = srv.post_json(f"/fp/training/jobs/{kill_id}/resume", {})
+        assert status == 200 and body["status"] == "queued", body
+        job = _wait_status(srv, kill_id, ("done", "failed"))
+        assert job["status"] == "done", job
+        assert f"resumed from checkpoint at step {saved_step}" in open(f"{job['job_dir']}/log.txt").read()
+        ref = srv.get_json(f"/fp/training/jobs/{ref_id}")
+    finally:
+        srv.stop()
+    assert [r["step"] for r in job["loss_history"]] == list(range(1, steps + 1))
+    assert [r["loss"] for r in job["loss_history"]] == [r["loss"] for r in ref["loss_history"]]
+    (ref_step, ref_w), (got_step, got_w) = _learned(ref["job_dir"]), _learned(job["job_dir"])
+    assert ref_step == got_step == steps and set(ref_w) == set(got_w)
+    for k in ref_w:
+        assert torch.equal(ref_w[k], got_w[k]), k

@@ -4,7 +4,7 @@ confirmation, toasts, previews, "open in new graph" with the real loader nodes o
 The same panel against the real engine: test_training_panel_engine.py."""
 import pytest
 
-from training_stub import FakeEngine, dispatch, make_job
+from training_stub import FakeEngine, dispatch, make_job, output
 from web_helpers import open_training_tab, pack_errors
 
 
@@ -52,8 +52,8 @@ def test_progress_messages_grow_the_loss_plot_and_move_the_bar(panel, shots):
     page, loc, engine, p = panel
     select(loc, "job-run")
     page.wait_for_function("document.querySelector('.fp-train-loss-chart').dataset.points === '30'")
-    for step in range(31, 46):  # odd steps in the engine draft's shape ({job_id, preview: url}): both are read
-        engine.progress(page, "job-run", step, draft_shape=step % 2 == 1)
+    for step in range(31, 46):  # messages in the contract's shape (a job summary)
+        engine.progress(page, "job-run", step)
     page.wait_for_function("document.querySelector('.fp-train-loss-chart').dataset.points === '45'")
     assert loc.locator(".fp-train-job[data-job-id='job-run'] .fp-train-progress").get_attribute("aria-valuenow") == "45"
     assert "step 45 / 100" in loc.locator(".fp-train-detail").inner_text()
@@ -88,7 +88,7 @@ def test_cancel_and_resume_call_the_routes_and_show_the_checkpoint(panel, shots)
     loc.locator(".fp-train-cancel").click()
     page.wait_for_selector(".fp-train-job[data-job-id='job-run'][data-status='cancelled']")
     assert ("POST", "/jobs/job-run/cancel") in engine.calls
-    assert "step 30: checkpoint-00030.safetensors" in loc.locator(".fp-train-checkpoints").inner_text()
+    assert "last.pt" in loc.locator(".fp-train-checkpoints").inner_text()
     shots(loc, "training_panel_cancelled")
     loc.locator(".fp-train-resume").click()
     page.wait_for_selector(".fp-train-job[data-job-id='job-run'][data-status='running']")
@@ -150,8 +150,8 @@ def test_open_in_new_graph_drops_loader_and_apply_with_the_file_selected(new_pag
     out = web_server.home / "models" / folder / f"stub_{method}_out.safetensors"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_bytes(b"")  # only listed by the dropdown, never loaded here
-    job = make_job("job-x", method, "frank", "done", 20, 20, outputs=[f"{folder}/{out.name}", f"{folder}/{out.stem}.json"],
-                   config={"trigger_word": "<frank>"})
+    job = make_job("job-x", method, "frank", "done", 20, 20, outputs=[output(folder, out.name, str(out)),
+                   output(folder, f"{out.stem}.json", kind="metadata")], config={"params": {"trigger_word": "<frank>"}})
     p = new_page()
     FakeEngine([job]).install(p.page)
     page = p.open()

@@ -12,8 +12,10 @@ import math
 import re
 import urllib.parse
 
-SUMMARY_KEYS = ("id", "method", "name", "base_model", "status", "step", "total", "loss", "lr", "eta_s", "it_s",
-                "created", "updated", "error", "outputs", "best_id_score")
+# the contract (README "Training routes"; training_nodes/jobs.py summary_of): summaries and progress messages
+SUMMARY_KEYS = ("id", "method", "name", "base_model", "status", "step", "total", "loss", "lr", "eta_s", "it_s", "error",
+                "message", "outputs", "best_id_score", "best_step", "id_score", "preview", "preview_url", "submitted",
+                "finished", "updated")
 MATCH = re.compile(r".*/fp/training/jobs(/.*)?$")  # what page.route intercepts (this regex runs in the browser)
 ROUTE = re.compile(r".*/fp/training/jobs(?:/(?P<id>[^/?]+)(?:/(?P<verb>cancel|resume|files)(?:/(?P<file>[^?]+))?)?)?(?:\?.*)?$")
 
@@ -34,22 +36,36 @@ def png(seed, size=64):
     return buf.getvalue()
 
 
+def preview_file(step):
+    return f"step_{step:06d}.png"
+
+
+def output(folder, name, path=None, kind="safetensors"):
+    return {"path": path or f"/comfy/models/{folder}/{name}", "folder": folder, "name": name, "kind": kind}
+
+
 def make_job(id, method, name, status, step, total, base_model="tiny_sd15-v1.safetensors", **extra):
+    previews = [{"step": s, "file": preview_file(s), "url": f"/fp/training/jobs/{id}/files/{preview_file(s)}"}
+                for s in range(10, step + 1, 10)][-3:]
     job = {"id": id, "method": method, "name": name, "base_model": base_model, "status": status, "step": step,
            "total": total, "loss": loss_at(step) if step else None, "lr": 5e-3, "eta_s": (total - step) * 0.8,
-           "it_s": 1.25, "created": f"2026-12-01T20:{10 + len(id):02d}:00", "updated": "2026-12-01T21:00:00",
-           "error": None, "outputs": [], "best_id_score": None,
-           "config": {"method": method, "name": name, "steps": total, "lr": 5e-3, "batch_size": 1, "seed": 0,
-                      "base_model": base_model, "photos": ["alice_1.png", "alice_2.png"]},
-           "loss_history": [{"step": s, "loss": loss_at(s), "mse": loss_at(s) * 0.9, "lr": 5e-3, "t": s * 0.8}
-                            for s in range(1, step + 1)],
-           "id_scores": [{"step": s, "score": 0.1 + 0.5 * (1 - math.exp(-s / 40))} for s in range(10, step + 1, 10)],
-           "previews": [{"step": s, "file": f"preview_{s:05d}.png", "url": f"/fp/training/jobs/{id}/files/preview_{s:05d}.png"}
-                        for s in range(10, step + 1, 10)][-3:],
-           "log_tail": [f"step {s}/{total} loss {loss_at(s):.4f}" for s in range(max(1, step - 5), step + 1)],
+           "it_s": 1.25, "error": None, "message": None, "outputs": [], "best_id_score": None, "best_step": None,
+           "id_score": None, "preview": previews[-1]["file"] if previews else None,
+           "preview_url": previews[-1]["url"] if previews else None,
+           "submitted": 1764619200 + 60 * len(id), "finished": None, "updated": 1764622800,
+           "config": {"method": method, "name": name, "steps": total, "learning_rate": 5e-3, "batch": 1, "seed": 0,
+                      "base_model_name": base_model, "photos": ["photos/photo_00.png", "photos/photo_01.png"],
+                      "params": {}},
+           "loss_history": [{"step": s, "loss": loss_at(s), "terms": {"loss": loss_at(s), "mse": loss_at(s) * 0.9},
+                             "lr": 5e-3, "time": 1764620000 + s * 0.8} for s in range(1, step + 1)],
+           "id_scores": [{"step": s, "id_score": 0.1 + 0.5 * (1 - math.exp(-s / 40)), "files": [preview_file(s)]}
+                         for s in range(10, step + 1, 10)],
+           "previews": previews,
+           "log_tail": "".join(f"step {s}/{total} loss {loss_at(s):.4f}\n" for s in range(max(1, step - 5), step + 1)),
            "checkpoints": []}
     if job["id_scores"]:
-        job["best_id_score"] = max(s["score"] for s in job["id_scores"])
+        best = max(job["id_scores"], key=lambda r: r["id_score"])
+        job.update(best_id_score=best["id_score"], best_step=best["step"], id_score=job["id_scores"][-1]["id_score"])
     job.update(extra)
     return job
 
@@ -60,11 +76,11 @@ def default_jobs():
         make_job("job-fail", "personamagic", "bob", "failed", 0, 200, id_scores=[], previews=[],
                  error="FP_TrainPersonaMagic input 'photos': no face found in photo 'cat_01.png' (skip_faceless is off). "
                        "Use a photo with a visible face, or turn skip_faceless on.",
-                 log_tail=["loading tiny_sd15-v1.safetensors", "detecting faces in 3 photos",
-                           "ERROR no face found in photo 'cat_01.png'"]),
-        make_job("job-done", "pidiff", "carol", "done", 60, 60, outputs=["pidiff/carol.safetensors"]),
+                 log_tail="loading tiny_sd15-v1.safetensors\ndetecting faces in 3 photos\n"
+                         "ERROR no face found in photo 'cat_01.png'\n"),
+        make_job("job-done", "pidiff", "carol", "done", 60, 60, outputs=[output("pidiff", "carol.safetensors")]),
         make_job("job-cancel", "wplus", "dave", "cancelled", 40, 120,
-                 checkpoints=[{"step": 40, "file": "checkpoint-00040.safetensors"}]),
+                 checkpoints=["last.pt"]),
         make_job("job-queue", "crossinit", "erin", "queued", 0, 100, loss_history=[], id_scores=[], previews=[], log_tail=[]),
     ]
 
@@ -102,29 +118,28 @@ class FakeEngine:
             del self.jobs[job_id]
             return route.fulfill(json={"deleted": job_id})
         if verb == "cancel":
-            job.update(status="cancelled", checkpoints=[{"step": job["step"], "file": f"checkpoint-{job['step']:05d}.safetensors"}])
+            job.update(status="cancelled", checkpoints=["last.pt"])
         elif verb == "resume":
             job.update(status="running")
         return route.fulfill(json=job)
 
-    # what the engine's PromptServer.send_sync would deliver
-    def progress(self, page, job_id, step, draft_shape=False):
+    # what the engine's PromptServer.send_sync delivers (training_nodes/jobs.py: summary_of / _status_msg)
+    def progress(self, page, job_id, step):
         job = self.jobs[job_id]
         job["step"], job["loss"] = step, loss_at(step)
-        job["loss_history"].append({"step": step, "loss": loss_at(step), "lr": job["lr"], "t": step * 0.8})
-        msg = dict(self.summary(job), preview_url=None)
+        job["loss_history"].append({"step": step, "loss": loss_at(step), "terms": {"loss": loss_at(step)},
+                                    "lr": job["lr"], "time": 1764620000 + step * 0.8})
         if step % 10 == 0:
-            job["previews"].append({"step": step, "file": f"preview_{step:05d}.png",
-                                    "url": f"/fp/training/jobs/{job_id}/files/preview_{step:05d}.png"})
-            job["id_scores"].append({"step": step, "score": 0.1 + 0.5 * (1 - math.exp(-step / 40))})
-            msg["preview_url"] = job["previews"][-1]["url"]
-        if draft_shape:  # training_nodes/jobs.py _progress (first draft): job_id, preview = url
-            msg = dict(msg, job_id=msg.pop("id"), preview=msg.pop("preview_url"))
-        dispatch(page, "fp-training-progress", msg)
+            f = preview_file(step)
+            job["previews"].append({"step": step, "file": f, "url": f"/fp/training/jobs/{job_id}/files/{f}"})
+            score = 0.1 + 0.5 * (1 - math.exp(-step / 40))
+            job["id_scores"].append({"step": step, "id_score": score, "files": [f]})
+            job.update(preview=f, preview_url=job["previews"][-1]["url"], id_score=score)
+        dispatch(page, "fp-training-progress", self.summary(job))
 
     def status(self, page, job_id, status, error=None):
         self.jobs[job_id].update(status=status, error=error)
-        dispatch(page, "fp-training-status", {"id": job_id, "status": status, "error": error})
+        dispatch(page, "fp-training-status", {"id": job_id, "status": status, "error": error, "message": None})
 
 
 def dispatch(page, event, data):

@@ -54,8 +54,10 @@ export function when(timestamp) {
   return Number.isNaN(d.getTime()) ? String(timestamp) : d.toLocaleString();
 }
 
-// Output entries may be plain paths or {name|file|path, folder} records: the file name part.
+// An output record of the engine ({path, folder, name, kind}) as the loader lists it: "<folder>/<name>";
+// a record without a name (a preview image) or a plain path: its file name.
 export function outputName(entry) {
+  if (entry && typeof entry === "object" && entry.folder && entry.name) return `${entry.folder}/${entry.name}`;
   const raw = typeof entry === "string" ? entry : entry?.name ?? entry?.file ?? entry?.path ?? "";
   return String(raw).split(/[\\/]/).pop();
 }

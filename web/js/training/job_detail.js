@@ -158,7 +158,7 @@ export class JobDetail {
     const scores = job.id_scores ?? [];
     this.parts.scoreEmpty.hidden = scores.length > 0;
     this.parts.scoreBox.hidden = scores.length === 0;
-    this.scoreChart.update(scores.map((s) => s.step), [scores.map((s) => Number(s.score ?? s.id_score))]);
+    this.scoreChart.update(scores.map((s) => s.step), [scores.map((s) => (s.id_score == null ? null : Number(s.id_score)))]);
     this.parts.lossBox.dataset.points = String(history.length);
     this.parts.scoreBox.dataset.points = String(scores.length);
   }
@@ -187,7 +187,7 @@ export class JobDetail {
         h("span", { class: "fp-train-checkpoints" }, checkpoints.length ? checkpoints.map(describe).join(", ") : "none")),
       h("div", { class: "fp-train-kv" }, h("span", {}, "Outputs"),
         h("span", { class: "fp-train-outputs" }, outputs.length ? outputs.map(outputName).join(", ") : "none yet")),
-      h("div", { class: "fp-train-kv" }, h("span", {}, "Created"), h("span", {}, when(job.created ?? job.submitted))),
+      h("div", { class: "fp-train-kv" }, h("span", {}, "Submitted"), h("span", {}, when(job.submitted))),
       h("div", { class: "fp-train-kv" }, h("span", {}, "Job id"), h("span", { class: "fp-train-mono" }, job.id)));
   }
 }

@@ -8,20 +8,18 @@ import { ACTIVE } from "./format.js";
 const POLL_MS = 4000;          // safety net while something runs (a missed message, a server restart)
 const DETAIL_MIN_GAP_MS = 1500; // refetch the selected job's history at most this often
 
-// Messages as the contract names them: {id, ...}; also accepted: {job_id} and "preview" holding the url
-// (what the engine's first draft sends).
+// Websocket messages follow the routes' contract (README "Training routes"): "fp-training-progress" carries a job
+// summary ({id, status, step, total, loss, lr, eta_s, it_s, id_score, best_id_score, preview, preview_url, ...}),
+// "fp-training-status" {id, status, error, message}. Fields a message leaves undefined keep their last value.
 export function normalizeMessage(msg) {
-  if (!msg || typeof msg !== "object") return null;
-  const out = { ...msg, id: msg.id ?? msg.job_id };
-  delete out.job_id;
-  if (!out.preview_url && typeof msg.preview === "string" && msg.preview.includes("/")) out.preview_url = msg.preview;
-  delete out.preview;
+  if (!msg || typeof msg !== "object" || msg.id == null) return null;
+  const out = { ...msg };
   for (const key of Object.keys(out)) if (out[key] === undefined) delete out[key];
-  return out.id == null ? null : out;
+  return out;
 }
 
-// Newest first: "created" is epoch seconds (the engine's status.json) or an ISO string.
-function compareCreated(a, b) {
+// Newest first by "submitted" (epoch seconds, the engine's status.json).
+function compareSubmitted(a, b) {
   const x = Number(a), y = Number(b);
   if (Number.isFinite(x) && Number.isFinite(y)) return x - y;
   return String(a ?? "").localeCompare(String(b ?? ""));
@@ -62,7 +60,7 @@ class JobStore {
   detachViewer() { this._viewers = Math.max(0, this._viewers - 1); }
 
   list() {
-    return [...this.jobs.values()].sort((a, b) => compareCreated(b.created ?? b.submitted, a.created ?? a.submitted) || String(b.id).localeCompare(String(a.id)));
+    return [...this.jobs.values()].sort((a, b) => compareSubmitted(b.submitted, a.submitted) || String(b.id).localeCompare(String(a.id)));
   }
 
   job(id) { return this.details.get(id) ?? this.jobs.get(id) ?? null; }
@@ -107,21 +105,21 @@ class JobStore {
     const msg = normalizeMessage(raw);
     if (!msg) return;
     const known = this.jobs.has(msg.id);
-    this._merge(msg);
+    this._merge(msg, true);
     const detail = this.details.get(msg.id);
     if (detail) {
       const history = detail.loss_history ?? (detail.loss_history = []);
       const last = history[history.length - 1];
       if (msg.loss != null && msg.step != null && (!last || msg.step > last.step)) {
-        history.push({ step: msg.step, loss: msg.loss, lr: msg.lr, t: msg.updated });
+        history.push({ step: msg.step, loss: msg.loss, lr: msg.lr, time: msg.updated });
       }
       const scores = detail.id_scores ?? (detail.id_scores = []);
       if (msg.id_score != null && msg.step != null && !scores.some((r) => r.step === msg.step)) {
-        scores.push({ step: msg.step, score: msg.id_score });
+        scores.push({ step: msg.step, id_score: msg.id_score });
       }
       const url = msg.preview_url;
       if (url && !(detail.previews ?? []).some((p) => p.url === url)) {
-        (detail.previews ?? (detail.previews = [])).push({ step: msg.step, url, file: url.split("/").pop() });
+        (detail.previews ?? (detail.previews = [])).push({ step: msg.step, url, file: msg.preview });
       }
     }
     if (!known || msg.id === this.selected) this._scheduleDetail(msg.id, !known);
@@ -133,7 +131,8 @@ class JobStore {
     const msg = normalizeMessage(raw);
     if (!msg) return;
     if (msg.status === "deleted") { this._forget(msg.id); this._emit(); return; }
-    this._merge({ id: msg.id, status: msg.status, ...(msg.error !== undefined ? { error: msg.error } : {}) });
+    this._merge({ id: msg.id, status: msg.status, ...(msg.error !== undefined ? { error: msg.error } : {}),
+      ...(msg.message !== undefined ? { message: msg.message } : {}) }, true);
     // A finished, cancelled or failed job has a final history, checkpoints and outputs: fetch them now.
     if (!this.jobs.has(msg.id) || msg.id === this.selected || !ACTIVE.has(msg.status)) this.refresh();
     this._emit();
@@ -153,7 +152,9 @@ class JobStore {
     if (this.selected === id) this.selected = null;
   }
 
-  _merge(update) {
+  // live: the update is a websocket message (news of now), so a job first seen that way reports its status
+  // change from "new" (a toast for a job refused at submit); first sight through the routes is old news (null).
+  _merge(update, live = false) {
     const before = this.jobs.get(update.id);
     const summary = { ...(before ?? {}), ...update };
     for (const heavy of ["config", "loss_history", "id_scores", "previews", "log_tail", "checkpoints", "job_dir"]) delete summary[heavy];
@@ -162,7 +163,7 @@ class JobStore {
     if (detail && detail !== update) Object.assign(detail, summary);
     if (update.status && before?.status !== update.status) {
       for (const fn of this._statusListeners) {
-        try { fn(summary, before?.status ?? null); } catch (e) { console.error("[face_personalization] training status", e); }
+        try { fn(summary, before?.status ?? (live ? "new" : null)); } catch (e) { console.error("[face_personalization] training status", e); }
       }
     }
   }

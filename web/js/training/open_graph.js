@@ -17,12 +17,21 @@ export const RECIPES = {
 
 const MODEL_FILE = /\.(safetensors|bin|pt|pth|ckpt)$/i;
 
-// The dropdown value naming one of the job's outputs ("crossinit/alice.safetensors" or "alice.safetensors").
+// The dropdown value naming one of the job's outputs. Outputs are the engine's {path, folder, name, kind}
+// records: "<folder>/<name>" is the loader's value (e.g. "crossinit/alice/learned_embeds.bin"); a bare file
+// name (outputs of other shapes) matches by its last path part, preferring the recipe's folders.
 export function pickOutputValue(values, outputs, folders = []) {
-  const names = (outputs ?? []).map(outputName).filter((n) => MODEL_FILE.test(n));
-  for (const name of names) {
-    const hits = (values ?? []).filter((v) => String(v).split(/[\\/]/).pop() === name);
-    const inFolder = hits.find((v) => folders.some((f) => String(v).startsWith(`${f}/`)));
+  const list = (values ?? []).map(String);
+  const records = (outputs ?? []).filter((o) => MODEL_FILE.test(outputName(o)));
+  for (const o of records) {
+    if (typeof o === "object" && o?.name && o?.folder) {
+      const exact = [`${o.folder}/${o.name}`, o.name].find((v) => list.includes(v));
+      if (exact) return exact;
+    }
+  }
+  for (const name of records.map(outputName)) {
+    const hits = list.filter((v) => v.split(/[\\/]/).pop() === name);
+    const inFolder = hits.find((v) => folders.some((f) => v.startsWith(`${f}/`)));
     if (inFolder ?? hits[0]) return inFolder ?? hits[0];
   }
   return null;
@@ -67,7 +76,7 @@ export async function openInNewGraph(job) {
   const fileValues = widget(nodes.loader, recipe.widget)?.options?.values ?? [];
   const file = pickOutputValue(fileValues, job.outputs, recipe.folders);
   const found = setCombo(nodes.loader, recipe.widget, file);
-  const trigger = job.config?.trigger_word ?? job.config?.trigger;
+  const trigger = job.config?.params?.trigger_word ?? job.config?.trigger_word;
   if (trigger) {
     for (const node of [nodes.loader, nodes.apply]) {
       const w = widget(node, "trigger_word") ?? widget(node, "trigger");
