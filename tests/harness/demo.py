@@ -112,7 +112,10 @@ def main():
         job_id = start_training(srv, home)
         for name in names:
             t = time.monotonic()
-            ui = workflow.load(REPO / "workflows" / f"{name}.json")
+            ui, left_out = workflow.without_missing_packs(workflow.load(REPO / "workflows" / f"{name}.json"),
+                                                          srv.object_info)
+            for _, kind, pack in left_out:
+                print(f"[demo] {name}: {kind} left out ({pack} is not installed; the frames run as a batch)", flush=True)
             prompt = workflow.ui_to_api(ui, srv.input_types)
             for _, tiny_name, real_name in provision.prefer_real_models(prompt, installed, real):
                 print(f"[demo] {name}: {real_name} instead of the tiny {tiny_name}", flush=True)
