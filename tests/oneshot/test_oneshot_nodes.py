@@ -45,7 +45,8 @@ def _image(comfy, outputs, node_id):
 
 def _wplus_graph(names, method, preset, strength, start):
     """Both paths in one prompt, each with its own sampler and SaveImage (same seed)."""
-    p = txt2img(names["sd15"], steps=2, prefix=f"oneshot_{method}_chain")
+    tag = f"{method}_{preset}_{strength}_{start}"  # unique save prefixes: no output node is served from the cache
+    p = txt2img(names["sd15"], steps=2, prefix=f"oneshot_chain_{tag}")
     _chain_wplus(p)
     p["e4e"] = {"class_type": "LoadE4EEncoder", "inputs": {"encoder_name": names["e4e"]}}
     p["enc"] = {"class_type": "WPlusEncode", "inputs": {"e4e": ["e4e", 0], "image": ["align", 0],
@@ -70,10 +71,10 @@ def _wplus_graph(names, method, preset, strength, start):
     p["one"] = one
     p["sample1"] = dict(p["sample"], inputs=dict(p["sample"]["inputs"], model=["one", 0]))
     p["decode1"] = {"class_type": "VAEDecode", "inputs": {"samples": ["sample1", 0], "vae": ["ckpt", 2]}}
-    p["save1"] = {"class_type": "SaveImage", "inputs": {"images": ["decode1", 0], "filename_prefix": f"oneshot_{method}"}}
+    p["save1"] = {"class_type": "SaveImage", "inputs": {"images": ["decode1", 0], "filename_prefix": f"oneshot_one_{tag}"}}
     p["plain"] = dict(p["sample"], inputs=dict(p["sample"]["inputs"], model=["ckpt", 0]))
     p["decode0"] = {"class_type": "VAEDecode", "inputs": {"samples": ["plain", 0], "vae": ["ckpt", 2]}}
-    p["save0"] = {"class_type": "SaveImage", "inputs": {"images": ["decode0", 0], "filename_prefix": "oneshot_plain"}}
+    p["save0"] = {"class_type": "SaveImage", "inputs": {"images": ["decode0", 0], "filename_prefix": f"oneshot_plain_{tag}"}}
     return p
 
 

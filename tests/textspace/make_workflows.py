@@ -81,7 +81,7 @@ def mix_identities():
     return p
 
 
-# adaface_controlnet (Canny hint) and adaface_animatediff (AnimateDiff-Evolved nodes): tests/oneshot/make_workflows.py
+# adaface_controlnet (Canny hint) and adaface_animatediff (AnimateDiff-Evolved nodes): tests/oneshot/photo_workflows.py
 BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, "adaface_from_photo": adaface_from_photo,
             "mix_identities": mix_identities}
 NOTES = {

@@ -1,6 +1,6 @@
 """Build the photo-in example workflows (API prompts) and write them as UI JSON into workflows/.
 
-    cd tests && $FP_PY oneshot/make_workflows.py            # rewrites the workflows named in BUILDERS
+    cd tests && $FP_PY oneshot/photo_workflows.py            # rewrites the workflows named in BUILDERS
 
 Writes wplus_quickstart (one node: W+ Adapter from Photo), wplus_from_photo and pidiff_from_photo (the
 fine-grained chain: detect -> align -> e4e -> apply, scored with Face Similarity), adaface_controlnet (a
@@ -201,8 +201,20 @@ BUILDERS = {"wplus_quickstart": wplus_quickstart, "wplus_from_photo": wplus_from
             "adaface_animatediff": adaface_animatediff}
 
 
+def build_ui(name, host):
+    """UI JSON of workflow ``name`` (harness.workflow.api_to_ui, with the AnimateDiff-Evolved specs for its nodes)."""
+    from harness import workflow as wf
+
+    def input_types(c):
+        return ADE_SPECS[c][0] if c in ADE_SPECS and c not in host.node_classes else host.input_types(c)
+
+    def output_types(c):
+        return ADE_SPECS[c][1] if c in ADE_SPECS and c not in host.node_classes else host.node_classes[c].RETURN_TYPES
+
+    return wf.api_to_ui(BUILDERS[name](), input_types, title=name, output_types=output_types, note=NOTES[name])
+
+
 def write(host=None, out_dir=None):
-    """Like harness.workflow.write_builders, with the AnimateDiff-Evolved specs for its nodes."""
     from harness import comfy_host
     from harness import workflow as wf
 
@@ -211,17 +223,9 @@ def write(host=None, out_dir=None):
 
         host = comfy_host.boot(Path(tempfile.mkdtemp(prefix="fp_wf_")))
     out_dir = Path(out_dir) if out_dir else comfy_host.REPO / "workflows"
-
-    def input_types(c):
-        return ADE_SPECS[c][0] if c in ADE_SPECS and c not in host.node_classes else host.input_types(c)
-
-    def output_types(c):
-        return ADE_SPECS[c][1] if c in ADE_SPECS and c not in host.node_classes else host.node_classes[c].RETURN_TYPES
-
     written = []
-    for name, build in BUILDERS.items():
-        ui = wf.api_to_ui(build(), input_types, title=name, output_types=output_types, note=NOTES[name])
-        wf.save(ui, out_dir / f"{name}.json")
+    for name in BUILDERS:
+        wf.save(build_ui(name, host), out_dir / f"{name}.json")
         written.append(out_dir / f"{name}.json")
         print("wrote", written[-1])
     return written
