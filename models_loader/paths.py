@@ -40,11 +40,23 @@ def model_dir(name: str) -> str:
     return folder_paths.get_folder_paths(name)[0]
 
 
+def _nested_folder_prefixes(name: str) -> tuple:
+    """Sub-paths of folder ``name`` that are folders of their own (models/wplus/codes/ inside models/wplus/):
+    their files belong to that other folder's dropdown, not this one's."""
+    sub = MODEL_FOLDERS.get(name, (None,))[0]
+    if sub is None:
+        return ()
+    return tuple(other[len(sub) + 1:] + "/" for other, _ in MODEL_FOLDERS.values() if other.startswith(sub + "/"))
+
+
 def list_files(name: str) -> list:
+    """Files of folder ``name`` for a dropdown, leaving out the files of folders nested in it."""
     import folder_paths
 
     register_model_folders()
-    return folder_paths.get_filename_list(name)
+    nested = _nested_folder_prefixes(name)
+    files = folder_paths.get_filename_list(name)
+    return [f for f in files if not f.replace("\\", "/").startswith(nested)] if nested else files
 
 
 def resolve(name: str, filename: str) -> str:

@@ -7,6 +7,7 @@ from ..models_loader.methods.registry import method
 
 ADAFACE = "ADAFACE"
 _NONE = "(none)"
+NO_CHECKPOINT = "(none installed: put an AdaFace .pt/.ckpt/.safetensors in models/adaface)"
 
 
 def _files(folder):
@@ -14,6 +15,19 @@ def _files(folder):
         return paths.list_files(folder)
     except Exception:
         return []
+
+
+def adaface_files(kind):
+    """Files of models/adaface of one kind: "adaface" checkpoints or "arc2face" text encoders (told apart by
+    their layout, :func:`ada_load.file_kind`)."""
+    out = []
+    for name in _files("adaface"):
+        try:
+            if ada_load.file_kind(paths.resolve("adaface", name)) == kind:
+                out.append(name)
+        except OSError:
+            continue
+    return out
 
 
 class FP_LoadAdaFace:
@@ -27,12 +41,14 @@ class FP_LoadAdaFace:
 
     @classmethod
     def INPUT_TYPES(cls):
-        files = _files("adaface") or ["(no files in models/adaface)"]
+        files = adaface_files("adaface") or [NO_CHECKPOINT]
         return {
             "required": {
-                "adaface_file": (files, {"tooltip": "AdaFace checkpoint in models/adaface (official .pt/.ckpt or pack .safetensors)."}),
-                "arc2face_encoder": ([_NONE] + _files("adaface"), {"tooltip": "Arc2Face text encoder (arc2face/encoder/"
-                                     "model.safetensors) in models/adaface; '(none)' if the AdaFace file contains it."}),
+                "adaface_file": (files, {"tooltip": "AdaFace checkpoint in models/adaface (official .pt/.ckpt or pack "
+                                 ".safetensors). Arc2Face text encoders are listed in the next input, not here."}),
+                "arc2face_encoder": ([_NONE] + adaface_files("arc2face"), {"tooltip": "Arc2Face text encoder (HF "
+                                     "CLIPTextModel safetensors, e.g. arc2face/encoder/model.safetensors) in models/adaface; "
+                                     "'(none)' if the AdaFace file contains it."}),
                 "layer_weights": (list(ada_load.LAYER_WEIGHT_MODES), {"default": "checkpoint", "tooltip":
                                   "Weights of the last 3 inverter layers: 'checkpoint' = the learned values stored in the "
                                   "file (the official loader); 'reset_1_2_4' = [1, 2, 4], only for old single-encoder "
@@ -41,6 +57,8 @@ class FP_LoadAdaFace:
         }
 
     def execute(self, adaface_file, arc2face_encoder, layer_weights):
+        if adaface_file == NO_CHECKPOINT:
+            raise FileNotFoundError(f"Load AdaFace: no AdaFace checkpoint found; put one into {paths.model_dir('adaface')}")
         path = paths.resolve("adaface", adaface_file)
         arc = None if arc2face_encoder == _NONE else paths.resolve("adaface", arc2face_encoder)
         return (method("adaface").load(path, arc, layer_weights=layer_weights),)

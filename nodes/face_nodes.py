@@ -14,23 +14,33 @@ from ..models_loader.face.types import FACE_ALIGN_TRANSFORM, FACE_EMBEDS, FACES
 CAT = category("face")
 
 
-def _pack_names():
-    names = set(_analysis.KNOWN_PACKS)
+NO_PACK = "(none installed: put antelopev2/ or buffalo_l/ with its .onnx files in models/insightface/models/)"
+
+
+def pack_choices():
+    """Installed insightface packs only; one explanatory entry when there is none."""
     try:
-        for root in _analysis.insightface_roots():
-            d = os.path.join(root, "models")
-            if os.path.isdir(d):
-                names.update(n for n in os.listdir(d) if os.path.isdir(os.path.join(d, n)))
+        packs = _analysis.installed_packs()
     except Exception:
-        pass
-    return ["antelopev2", "buffalo_l"] + sorted(names - {"antelopev2", "buffalo_l"})
+        packs = []
+    return packs or [NO_PACK]
+
+
+def load_pack(model_pack, provider, det_size):
+    if model_pack == NO_PACK:
+        where = ", ".join(os.path.join(r, "models") for r in _analysis.insightface_roots())
+        raise _analysis.FaceModelError(f"no insightface model pack installed: unzip antelopev2 (AdaFace/Arc2Face) or "
+                                       f"buffalo_l into {where} (one folder per pack holding its .onnx files), "
+                                       "then refresh the page")
+    return _analysis.load_face_analysis(model_pack, provider, det_size)
 
 
 class FP_FaceAnalysisLoader:
     @classmethod
     def INPUT_TYPES(cls):
+        packs = pack_choices()
         return {"required": {
-            "model_pack": (_pack_names(), {"default": "antelopev2", "tooltip": "insightface model pack folder in models/insightface/models/ (antelopev2: AdaFace/Arc2Face; buffalo_l)."}),
+            "model_pack": (packs, {"default": packs[0], "tooltip": "insightface model pack folder in models/insightface/models/ (antelopev2: AdaFace/Arc2Face; buffalo_l). Only installed packs are listed."}),
             "provider": (_analysis.PROVIDER_CHOICES, {"default": "auto", "tooltip": "ONNX Runtime provider: auto picks CUDA / ROCm / CoreML / DirectML when available, else CPU."}),
             "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Default detection size for .get() (FP_FaceDetect passes its own sizes)."}),
         }}
@@ -45,7 +55,7 @@ class FP_FaceAnalysisLoader:
                    "output also plugs into other packs' INSIGHTFACE inputs.")
 
     def execute(self, model_pack, provider, det_size):
-        return (_analysis.load_face_analysis(model_pack, provider, det_size),)
+        return (load_pack(model_pack, provider, det_size),)
 
 
 class FP_OfflineFaceDetector:

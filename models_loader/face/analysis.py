@@ -81,6 +81,23 @@ def _expected_text(name):
             f"{', optionally ' + ', '.join(pack['others']) if pack['others'] else ''}")
 
 
+def installed_packs(roots=None) -> list:
+    """Names of the model packs present: every folder in ``<root>/models/`` (one without .onnx files stays
+    listed, so the loader can say what is wrong with it) and folders in ``<root>/`` that hold .onnx files
+    (also in the zip's nested ``<name>/<name>/`` layout); known packs first."""
+    found = set()
+    for root in insightface_roots() if roots is None else roots:
+        models = os.path.join(root, "models")
+        if os.path.isdir(models):
+            found.update(n for n in os.listdir(models) if os.path.isdir(os.path.join(models, n)))
+        if os.path.isdir(root):
+            for name in os.listdir(root):
+                d = os.path.join(root, name)
+                if name != "models" and os.path.isdir(d) and (_onnx_files(d) or _onnx_files(os.path.join(d, name))):
+                    found.add(name)
+    return [n for n in KNOWN_PACKS if n in found] + sorted(found - set(KNOWN_PACKS))
+
+
 def find_model_dir(name: str, roots=None) -> str:
     """Directory holding ``name``'s .onnx files; handles the zip's nested ``<name>/<name>/`` folder.
 

@@ -128,7 +128,10 @@ def main():
         job_id = start_training(srv, home)
         for name in names:
             t = time.monotonic()
-            ui = workflow.load(REPO / "workflows" / f"{name}.json")
+            ui, left_out = workflow.without_missing_packs(workflow.load(REPO / "workflows" / f"{name}.json"),
+                                                          srv.object_info)
+            for _, kind, pack in left_out:
+                print(f"[demo] {name}: {kind} left out ({pack} is not installed; the frames run as a batch)", flush=True)
             prompt = workflow.ui_to_api(ui, srv.input_types)
             if workflow.shrink_training(prompt):  # a demo run, not a real training: 1 step at 64 px
                 print(f"[demo] {name}: training shortened to 1 step at 64 px (the workflow's preset trains for real)",

@@ -215,3 +215,56 @@ def shrink_training(prompt):
             node["inputs"].update({k: v for k, v in TRAINING_SHRINK.items() if k in node["inputs"]})
             changed.append(key)
     return changed
+
+
+# Nodes of other packs that shipped workflows use and the tests may leave out when that pack is not installed:
+# type -> the pack. Leaving one out hands its MODEL input straight to its MODEL consumers (the multi-frame
+# batch then runs without the motion module).
+SUBSTITUTABLE = {
+    "ADE_AnimateDiffLoaderGen1": "ComfyUI-AnimateDiff-Evolved",
+    "ADE_StandardUniformContextOptions": "ComfyUI-AnimateDiff-Evolved",
+}
+
+
+def without_missing_packs(workflow, known_types):
+    """(copy of ``workflow`` without the SUBSTITUTABLE nodes whose type is not in ``known_types``, [(node id,
+    type, pack)] left out). A left-out node's output is rewired to the source of its input of the same type
+    (MODEL in -> MODEL out); outputs with no such input only fed other left-out nodes or are dropped."""
+    import copy
+
+    ui = copy.deepcopy(workflow)
+    gone = {n["id"]: n for n in ui["nodes"] if n["type"] not in known_types and n["type"] in SUBSTITUTABLE}
+    if not gone:
+        return ui, []
+    links = {lk[0]: lk for lk in ui["links"]}
+
+    def upstream(node_id, slot):
+        node = gone[node_id]
+        kind = (node.get("outputs") or [])[slot]["type"]
+        for inp in node.get("inputs", []):
+            if inp.get("type") == kind and inp.get("link") is not None:
+                src = links[inp["link"]]
+                return upstream(src[1], src[2]) if src[1] in gone else (src[1], src[2])
+        return None
+
+    kept_links = []
+    for lk in ui["links"]:
+        lid, src, slot, dst, _dslot, _kind = lk[:6]
+        if dst in gone:
+            continue
+        if src in gone:
+            new = upstream(src, slot)
+            if new is None:
+                continue
+            lk[1], lk[2] = new
+        kept_links.append(lk)
+    ui["links"] = kept_links
+    ui["nodes"] = [n for n in ui["nodes"] if n["id"] not in gone]
+    live = {lk[0] for lk in kept_links}
+    for n in ui["nodes"]:
+        for inp in n.get("inputs", []):
+            if inp.get("link") is not None and inp["link"] not in live:
+                inp["link"] = None
+        for s, out in enumerate(n.get("outputs") or []):
+            out["links"] = [lk[0] for lk in kept_links if lk[1] == n["id"] and lk[2] == s]
+    return ui, [(nid, n["type"], SUBSTITUTABLE[n["type"]]) for nid, n in gone.items()]

@@ -3,7 +3,7 @@
 Run: cd tests && $FP_PY textspace/make_workflows.py
 Needs (tiny kinds -> models folder): sd15 -> checkpoints (tiny_sd15-v1.safetensors), controlnet_sd15 ->
 controlnet, adaface_pt + adaface_arc2face -> adaface, mean_emb_keanureeves.pt -> face_embeds (from
-shared/data/adaface), input image celebahq_28017.jpg (ControlNet hint).
+shared/data/adaface), input image celebahq_28017.jpg.
 """
 import sys
 from pathlib import Path
@@ -60,23 +60,6 @@ def adaface_from_photo():
     return p
 
 
-def adaface_controlnet():
-    p = adaface_basic(prefix="adaface_controlnet")
-    p["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": "tiny_controlnet_sd15-v1.safetensors"}}
-    p["img"] = {"class_type": "LoadImage", "inputs": {"image": "celebahq_28017.jpg"}}
-    p["apply"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {"positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0],
-                                                                      "image": ["img", 0], "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
-    p["sample"]["inputs"]["positive"] = ["apply", 0]
-    p["sample"]["inputs"]["negative"] = ["apply", 1]
-    return p
-
-
-def adaface_animatediff():
-    # With AnimateDiff-Evolved, insert its loader between ckpt MODEL and KSampler; the 16-frame batch
-    # then shares the AdaFace conditioning. Without it this is a plain 4-frame batch.
-    return adaface_basic(batch=4, prefix="adaface_animatediff")
-
-
 def mix_identities():
     p = txt2img(CKPT, text="two people", negative="blurry", prefix="mix_identities")
     p["ci"] = {"class_type": "CrossInitEmbedding", "inputs": {"clip": ["ckpt", 1], "trigger_word": "<left>", "names_file": ""}}
@@ -98,14 +81,20 @@ def mix_identities():
     return p
 
 
+# adaface_controlnet (Canny hint) and adaface_animatediff (AnimateDiff-Evolved nodes): tests/oneshot/photo_workflows.py
 BUILDERS = {"crossinit_basic": crossinit_basic, "adaface_basic": adaface_basic, "adaface_from_photo": adaface_from_photo,
-            "adaface_controlnet": adaface_controlnet,
-            "adaface_animatediff": adaface_animatediff, "mix_identities": mix_identities}
+            "mix_identities": mix_identities}
+NOTES = {
+    "crossinit_basic": "# Cross Initialization\nCross Initialization takes **no photo here**: its identity comes from **training** on your photos. Run the *train_crossinit_fast* workflow first (*Train Cross Initialization*: a minute or two on a GPU); it saves `models/embeddings/<name>.safetensors`, which *Load Identity Embedding* (or plain `embedding:<name>` in the prompt) then uses in place of the node below.\n\nThis example shows the starting point of that training: the trigger word initialised from 691 celebrity-name embeddings (the paper's cross initialization), saved with *Save Identity Embedding*.\n\n**Checkpoint**: pick your SD1.5 model in *Load Checkpoint* (the demo ships a tiny random one, so images are noise).\nType the trigger word (default `<face>`) in the prompt.",
+    "adaface_basic": "# AdaFace\nAn ArcFace face embedding becomes 16 prompt tokens under the trigger word; the UNet is untouched.\n\n**Checkpoint**: pick your SD1.5 model in *Load Checkpoint* (the demo ships a tiny random one, so images are noise).\n**Face**: *Load Face Embeds* from `models/face_embeds/` (or use *adaface_from_photo*). **AdaFace** checkpoint + Arc2Face encoder in `models/adaface/`.",
+    "adaface_from_photo": "# AdaFace from a photo\nPhoto → face detection (antelopev2) → ArcFace embedding → AdaFace tokens → image → ID score.\n\n**Checkpoint**: pick your SD1.5 model in *Load Checkpoint* (the demo ships a tiny random one, so images are noise).\nPut your photo in *Load Image*; the antelopev2 pack in `models/insightface/models/antelopev2/`. The Face Similarity node shows the ID score (higher = closer likeness).",
+    "mix_identities": "# Two identities in one image\nCross Initialization and AdaFace identities, each bound to a region mask (left / right).\n\n**Checkpoint**: pick your SD1.5 model in *Load Checkpoint* (the demo ships a tiny random one, so images are noise).\nChange the masks to place the people."
+}
 
 
-def main():
-    workflow.write_builders(BUILDERS)
+def main(names=None):
+    workflow.write_builders({k: v for k, v in BUILDERS.items() if not names or k in names}, notes=NOTES)
 
 
 if __name__ == "__main__":
-    main()
+    main(sys.argv[1:])

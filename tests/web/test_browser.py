@@ -31,7 +31,8 @@ def test_extension_loads_without_errors(browser_page):
     page, console, _ = browser_page
     names = page.evaluate("app.extensions.map(e => e.name)")
     for name in ("face_personalization.node_appearance", "face_personalization.training_panel",
-                 "face_personalization.training_toasts", "face_personalization.training_node_progress"):
+                 "face_personalization.training_toasts", "face_personalization.training_node_progress",
+                 "face_personalization.text_results"):
         assert name in names
     assert not pack_errors(console), pack_errors(console)
 
@@ -49,7 +50,7 @@ def test_workflow_loads_in_frontend_and_matches_our_conversion(browser_page, pat
     """The frontend knows every node type of the workflow, and its own graphToPrompt() gives the API prompt the
     tests execute (harness.workflow.ui_to_api): the UI files are what ComfyUI users get."""
     page, _, srv = browser_page
-    ui = wf.load(path)
+    ui, _left_out = wf.without_missing_packs(wf.load(path), srv.object_info)  # e.g. AnimateDiff-Evolved not installed
     page.evaluate("async (w) => { await app.loadGraphData(w); }", ui)
     unknown = page.evaluate("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
     assert not unknown, unknown
@@ -60,3 +61,23 @@ def test_workflow_loads_in_frontend_and_matches_our_conversion(browser_page, pat
         got = frontend[nid]
         assert got["class_type"] == node["class_type"], nid
         assert json.loads(json.dumps(got["inputs"])) == json.loads(json.dumps(node["inputs"])), (nid, node["class_type"])
+
+
+def test_text_result_is_shown_on_the_node(browser_page):
+    """Diagnostics run from the page: its report appears on the node (web/js/text_results.js), read-only, and is
+    not saved into the workflow as a widget value."""
+    page, console, _ = browser_page
+    page.evaluate("""async () => {
+        app.graph.clear();
+        const n = LiteGraph.createNode('FP_Diagnostics'); n.pos = [100, 100]; app.graph.add(n);
+        await app.queuePrompt(0, 1);
+    }""")
+    page.wait_for_function("""() => { const n = app.graph._nodes.find(n => n.type === 'FP_Diagnostics');
+        const w = n?.widgets?.find(w => w.name === 'fp_result'); return !!(w && String(w.value).includes('onnxruntime')); }""",
+                           timeout=120_000)
+    saved = page.evaluate("""() => { const n = app.graph._nodes.find(n => n.type === 'FP_Diagnostics');
+        const w = n.widgets.find(w => w.name === 'fp_result');
+        return {readOnly: w.inputEl ? w.inputEl.readOnly : null, values: n.serialize().widgets_values ?? []}; }""")
+    assert saved["readOnly"] is True
+    assert not any("onnxruntime" in str(v) for v in saved["values"])
+    assert not pack_errors(console), pack_errors(console)

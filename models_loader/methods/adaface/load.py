@@ -164,3 +164,27 @@ def save_adaface_safetensors(model: AdaFaceModel, path, include_arc2face=True, d
     safetensors.torch.save_file(sd, str(path), metadata={"num_id_vecs": str(model.inverter.num_id_vecs),
                                                          "format": "face-personalization adaface v1"})
     return path
+
+
+_KIND_CACHE = {}  # (path, size, mtime) -> "adaface" | "arc2face"
+
+
+def file_kind(path):
+    """What a file in models/adaface is, from its layout (the safetensors header only, nothing loaded):
+    "arc2face" for a bare HF CLIPTextModel (``text_model.*``: the Arc2Face text encoder), "adaface" for an
+    AdaFace checkpoint (official .pt/.ckpt, or the pack's safetensors with ``inverter.*``)."""
+    if not path.lower().endswith((".safetensors", ".sft")):
+        return "adaface"
+    st = os.stat(path)
+    key = (path, st.st_size, st.st_mtime_ns)
+    if key not in _KIND_CACHE:
+        import safetensors
+
+        try:
+            with safetensors.safe_open(path, "pt") as f:
+                names = list(f.keys())
+            kind = "adaface" if any(k.startswith("inverter.") for k in names) else "arc2face"
+        except Exception:  # unreadable: offered as a checkpoint, the load names the problem
+            kind = "adaface"
+        _KIND_CACHE[key] = kind
+    return _KIND_CACHE[key]
