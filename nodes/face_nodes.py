@@ -32,7 +32,7 @@ class FP_FaceAnalysisLoader:
         return {"required": {
             "model_pack": (_pack_names(), {"default": "antelopev2", "tooltip": "insightface model pack folder in models/insightface/models/ (antelopev2: AdaFace/Arc2Face; buffalo_l)."}),
             "provider": (_analysis.PROVIDER_CHOICES, {"default": "auto", "tooltip": "ONNX Runtime provider: auto picks CUDA / ROCm / CoreML / DirectML when available, else CPU."}),
-            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Default detection size for .get() (FP_FaceDetect passes its own sizes)."}),
+            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Detection resolution for other packs calling .get() (Face Detect uses its own sizes). Higher = finds smaller faces, slower."}),
         }}
 
     RETURN_TYPES = ("FACE_ANALYSIS",)
@@ -52,8 +52,8 @@ class FP_OfflineFaceDetector:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Minimum detection confidence."}),
-            "max_faces": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most faces looked for per image."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Minimum detection confidence. Higher = fewer false faces but may miss small or turned ones; lower = finds more."}),
+            "max_faces": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most faces looked for per image (higher = more, slower)."}),
         }}
 
     RETURN_TYPES = ("FACE_ANALYSIS",)
@@ -79,7 +79,7 @@ class FP_FaceDetect:
             "select": (_detect.SELECT_MODES, {"default": "largest", "tooltip": "Per image: the largest face, the face at 'index' (left to right), or all faces."}),
             "index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Face index (from 0, left to right) when select is 'index'."}),
             "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "Stop with an error naming the image, or skip images without a face."}),
-            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Detection confidence threshold."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Detection confidence threshold. Higher = fewer false faces but may miss small or turned ones; lower = finds more."}),
         }}
 
     RETURN_TYPES = (FACES,)
@@ -198,7 +198,7 @@ class FP_FacePasteBack:
             "image": ("IMAGE", {"tooltip": "The original images."}),
             "aligned": ("IMAGE", {"tooltip": "The (edited) aligned crops, one per face, any square size."}),
             "transform": (FACE_ALIGN_TRANSFORM, {"tooltip": "From FP_FaceAlign."}),
-            "feather": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip": "Soft edge width in crop pixels."}),
+            "feather": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip": "Soft edge width in crop pixels. Higher = smoother, wider blend into the photo; 0 = hard edge."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -218,8 +218,8 @@ class FP_FaceMask:
             "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect."}),
             "image": ("IMAGE", {"tooltip": "Images the faces were found in (sets the mask size)."}),
             "shape": (_mask.MASK_SHAPES, {"default": "convex_hull", "tooltip": "Hull of landmark-derived face outline, an ellipse, or the box."}),
-            "grow": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.05, "tooltip": "Scale of the region around its centre."}),
-            "feather": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Gaussian feather width in pixels."}),
+            "grow": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.05, "tooltip": "Size of the mask around the face centre. Higher = a larger region (1 = the face outline)."}),
+            "feather": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Soft edge width in pixels. Higher = a softer, wider edge; 0 = hard edge."}),
         }}
 
     RETURN_TYPES = ("MASK",)
@@ -239,14 +239,14 @@ class FP_WhitenBackground:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Images (e.g. aligned faces)."}),
             "mask": ("MASK", {"tooltip": "Face mask (1 = keep)."}),
-            "blur": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Mask blur in pixels."}),
+            "blur": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Mask blur in pixels. Higher = a softer transition from face to white."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     FUNCTION = "execute"
     CATEGORY = CAT
-    DESCRIPTION = "W+ Adapter preprocessing: keeps the masked face and paints the rest white (img*m + (1-m))."
+    DESCRIPTION = "W+ Adapter preprocessing: keeps the masked face and paints the rest white (soft where the mask is soft)."
 
     def execute(self, image, mask, blur):
         return (_mask.whiten_background(image, mask, blur),)
@@ -262,7 +262,7 @@ class FP_FaceSimilarity:
             "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "An insightface analysis with a recognition model "
                                                                "(antelopev2 or buffalo_l)."}),
             "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
-                                     "tooltip": "Detection confidence threshold."}),
+                                     "tooltip": "Detection confidence threshold. Higher = fewer false faces, lower = finds more."}),
         }}
 
     RETURN_TYPES = ("FLOAT", "STRING")

@@ -154,14 +154,15 @@ class FP_WPlusInterpolate:
             "wplus_a": ("WPLUS", {"tooltip": "Code at t = 0."}),
             "wplus_b": ("WPLUS", {"tooltip": "Code at t = 1 (a batch of 1 broadcasts against the other batch)."}),
             "t": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.01,
-                            "tooltip": "(1-t)*a + t*b; values outside 0..1 extrapolate."}),
+                            "tooltip": "How far from A towards B: 0 = A, 1 = B, 0.5 = halfway. Higher = more like B; "
+                                       "values outside 0..1 exaggerate the difference."}),
         }}
 
     RETURN_TYPES = ("WPLUS",)
     RETURN_NAMES = ("wplus",)
     FUNCTION = "interpolate"
     CATEGORY = CAT
-    DESCRIPTION = "Linear interpolation of two W+ codes (identity morphing): (1-t)*a + t*b on all 18 rows."
+    DESCRIPTION = "Blends two W+ codes (identity morphing) on all 18 rows: t = 0 gives A, 1 gives B."
 
     def interpolate(self, wplus_a, wplus_b, t):
         return (wcodes.interpolate(wplus_a, wplus_b, t),)
@@ -238,7 +239,9 @@ class DeltaWEdit:
                 "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512] to edit (each batch item separately)."}),
                 "direction": _direction_input(with_override=True),
                 "strength": ("FLOAT", {"default": 3.0, "min": -100.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "InterFaceGAN / latent direction: w + strength*d (negative "
+                                       "tooltip": "How far to move along the direction. Higher = a stronger edit "
+                                                  "(e.g. older, more smiling). InterFaceGAN / latent direction: adds "
+                                                  "strength times the direction (negative "
                                                   "reverses, 0 = unchanged). GANSpace: the target coordinate in "
                                                   "standard deviations along the component, replacing the csv's "
                                                   "strength column (as the W+ Adapter demo does); 0 moves to the "
