@@ -175,17 +175,22 @@ class FP_FaceAlign:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images the faces were detected on."}),
             "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect; one crop per face."}),
-            "template": (["ffhq", "arcface"], {"default": "ffhq", "tooltip": "ffhq: e4e/W+ Adapter style crop (5-point approximation of the dlib alignment); arcface: recognition crop."}),
+            "template": (list(_align.TEMPLATES), {"default": _align.default_template(), "tooltip":
+                         "ffhq official (dlib-68): the exact FFHQ alignment e4e and the W+ Adapter were trained "
+                         "with (dlib 68 landmarks; needs pip install dlib-bin face-recognition-models; the default "
+                         "when installed). ffhq: a fast 5-point approximation of it (about 15 px off at 512 px). "
+                         "arcface: the 112 px recognition crop."}),
             "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop size: 256/512/1024 for ffhq, 112 for arcface."}),
-            "padding": (list(_align.PADDING_MODES), {"default": "reflect", "tooltip": "How to fill outside the photo."}),
+            "padding": (list(_align.PADDING_MODES), {"default": "reflect", "tooltip": "How to fill where the crop leaves the photo: reflect = mirrored (with the official alignment: FFHQ's blurred mirror border); zeros = black (the W+ Adapter script's choice); border = repeat the edge pixels (5-point only; the official alignment leaves it black)."}),
         }}
 
     RETURN_TYPES = ("IMAGE", FACE_ALIGN_TRANSFORM)
     RETURN_NAMES = ("aligned", "transform")
     FUNCTION = "execute"
     CATEGORY = CAT
-    DESCRIPTION = ("Aligns each face to the FFHQ or ArcFace template (least-squares similarity transform, kornia warp) "
-                   "and outputs the crops plus the transform for FP_FacePasteBack.")
+    DESCRIPTION = ("Aligns each face for the encoders: the official FFHQ alignment from dlib's 68 landmarks (as e4e and "
+                   "the W+ Adapter), its 5-point approximation, or the ArcFace crop; outputs the crops plus the "
+                   "transform for FP_FacePasteBack.")
 
     def execute(self, image, faces, template, size, padding):
         return _align.align_faces(image, faces, template, size, padding)
