@@ -33,7 +33,9 @@ def page(chromium, web_server):
     p.goto(web_server.url)
     p.wait_for_function("window.app && window.app.graph && window.LiteGraph && app.extensions.length > 0 "
                         "&& app.extensionManager && app.extensionManager.setting", timeout=120_000)
+    _setting(p, "LiteGraph.Canvas.MinFontSizeForLOD", 0)  # readable text in the fitted screenshots
     yield p
+    _setting(p, "Comfy.VueNodes.Enabled", False)
     ctx.close()
 
 
@@ -42,20 +44,42 @@ def shot_dir(tmp_path_factory):
     return tmp_path_factory.mktemp("workflow_shots")
 
 
-def _set_renderer(page, vue):
-    page.evaluate("async (v) => { await app.extensionManager.setting.set('Comfy.VueNodes.Enabled', v); }", vue)
-    page.wait_for_function("(v) => app.extensionManager.setting.get('Comfy.VueNodes.Enabled') === v", arg=vue)
+def _setting(page, key, value):
+    page.evaluate("async ([k, v]) => { await app.extensionManager.setting.set(k, v); }", [key, value])
+    page.wait_for_function("([k, v]) => app.extensionManager.setting.get(k) === v", arg=[key, value])
+
+
+def _frames(page, wait_ms=300):
+    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
+    page.evaluate("() => app.canvas.draw(true, true)")
+    page.wait_for_timeout(wait_ms)  # DOM widgets and images settle (ResizeObserver, image load)
 
 
 def _load(page, ui, name, vue):
+    """Load ``ui`` and show it at zoom 1 in a viewport large enough for the whole graph (no level-of-detail
+    simplification, nothing culled), so boxes and widgets are measured as a person sees them up close."""
+    _setting(page, "Comfy.VueNodes.Enabled", vue)
     page.evaluate("async ([w, n]) => { await app.loadGraphData(w, true, true, n); }", [ui, name])
-    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    bounds = page.evaluate("""() => { const b = [Infinity, Infinity, -Infinity, -Infinity];
+        for (const n of app.graph._nodes) { b[0] = Math.min(b[0], n.pos[0]); b[1] = Math.min(b[1], n.pos[1] - 40);
+          b[2] = Math.max(b[2], n.pos[0] + n.size[0]); b[3] = Math.max(b[3], n.pos[1] + n.size[1]); } return b; }""")
+    width = int(min(8000, (bounds[2] - bounds[0]) * 1.3 + 300))
+    height = int(min(6000, (bounds[3] - bounds[1]) * 1.3 + 300))
+    page.set_viewport_size({"width": max(width, VIEWPORT["width"]), "height": max(height, VIEWPORT["height"])})
+    page.evaluate("""(b) => { app.canvas.ds.scale = 1; app.canvas.ds.offset = [100 - b[0], 100 - b[1]];
+                              app.canvas.setDirty(true, true); }""", bounds)
     if vue:
         page.wait_for_function("(n) => document.querySelectorAll('.lg-node[data-node-id]').length >= n",
                                arg=len(ui["nodes"]), timeout=30_000)
-    page.evaluate("() => new Promise(r => requestAnimationFrame(() => requestAnimationFrame(r)))")
-    page.evaluate("() => app.canvas.draw(true, true)")
-    page.wait_for_timeout(300)  # DOM widgets and images settle (ResizeObserver, image load)
+    _frames(page, 500)
+
+
+def _screenshot(page, path):
+    """The whole graph fitted into the 1600x1000 page, text drawn at any zoom (LOD off)."""
+    page.set_viewport_size(VIEWPORT)
+    page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    _frames(page, 500)
+    page.screenshot(path=str(path), animations="disabled")
 
 
 CLASSIC_GEOMETRY = """() => {
@@ -119,23 +143,27 @@ def _save_thumbnail(png, name):
 @pytest.mark.parametrize("path", WORKFLOWS, ids=[p.stem for p in WORKFLOWS])
 def test_workflow_reads_well_in_the_page(page, shot_dir, path, renderer):
     vue = RENDERERS[renderer]
-    _set_renderer(page, vue)
     ui = wf.load(path)
     _load(page, ui, path.name, vue)
     unknown = page.evaluate("app.graph._nodes.filter(n => !LiteGraph.registered_node_types[n.type]).map(n => n.type)")
-    assert not unknown, f"{path.name}: node types the page does not know: {unknown}"
-
     geom = page.evaluate(CLASSIC_GEOMETRY)
+    dom = page.evaluate(VUE_GEOMETRY) if vue else []
+    png = shot_dir / f"{path.stem}-{renderer}.png"
+    (shot_dir / f"{path.stem}-{renderer}.json").write_text(json.dumps({"nodes": geom, "dom": dom}, indent=1))
+    _screenshot(page, png)
+    if not vue and not unknown:
+        _save_thumbnail(png, path.stem)
+    if os.environ.get("FP_WEB_SHOTS_TO_DOCS", "1") == "1":
+        dest = REPO / "docs" / "images" / "workflows"
+        dest.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(png, dest / png.name)
+
+    assert not unknown, f"{path.name}: node types the page does not know: {unknown}"
     assert len(geom) == len(ui["nodes"])
     cryptic = [(g["type"], g["title"]) for g in geom if _cryptic(g["title"], g["display"])]
     assert not cryptic, f"{path.name}: cryptic custom titles (leave the display name): {cryptic}"
     notes = [g for g in geom if g["type"] in NOTE_TYPES and len(g["text"].strip()) >= 80]
     assert notes, f"{path.name}: no note saying what the workflow does and what to set"
-
-    png = shot_dir / f"{path.stem}-{renderer}.png"
-    page.screenshot(path=str(png), animations="disabled")
-    (shot_dir / f"{path.stem}-{renderer}.json").write_text(json.dumps(geom, indent=1))
-
     if not vue:
         hits = layout.overlaps([g["box"] for g in geom])
         assert not hits, f"{path.name} (classic): overlapping nodes {_named(geom, hits)}"
@@ -148,9 +176,7 @@ def test_workflow_reads_well_in_the_page(page, shot_dir, path, renderer):
                 assert w["y"] + w["h"] <= g["size"][1] + 1, (
                     f"{path.name} (classic): widget {w['name']!r} of {g['type']} ends below the node "
                     f"({w['y'] + w['h']:.0f} > {g['size'][1]:.0f})")
-        _save_thumbnail(png, path.stem)
     else:
-        dom = page.evaluate(VUE_GEOMETRY)
         assert len(dom) == len(ui["nodes"]) and all(d["shown"] for d in dom), (
             f"{path.name} (Nodes 2.0): {len(dom)} node elements shown for {len(ui['nodes'])} nodes")
         types = {str(g["id"]): g["type"] for g in geom}
@@ -164,10 +190,6 @@ def test_workflow_reads_well_in_the_page(page, shot_dir, path, renderer):
                     f"{path.name} (Nodes 2.0): widget {w['name']!r} of {d['type']} sticks out of its node")
                 others = [o["type"] for o in dom if o is not d and layout.overlaps([w["box"], o["box"]])]
                 assert not others, f"{path.name} (Nodes 2.0): widget {w['name']!r} of {d['type']} is under {others}"
-    if os.environ.get("FP_WEB_SHOTS_TO_DOCS", "1") == "1":
-        dest = REPO / "docs" / "images" / "workflows"
-        dest.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(png, dest / png.name)
 
 
 def test_every_workflow_has_a_thumbnail_the_templates_browser_serves(web_server):
