@@ -3,7 +3,8 @@
 DOM nodes). Each workflow loads with no missing node types, no two node boxes overlap (boxes read from the page:
 LiteGraph's node geometry in classic, the nodes' DOM rectangles in Nodes 2.0), every widget lies inside its own
 node (so none is cut off or hidden under a neighbour), the workflow carries a note, and no node has a cryptic
-custom title. A screenshot of each is kept; the classic one becomes the workflow's template thumbnail
+custom title. A screenshot of each is kept (the test's tmp folder ``workflow_shots*``; two go to docs/images/workflows/ for the
+README); the classic one becomes the workflow's template thumbnail
 (``workflows/<name>.jpg``, the file ComfyUI's templates browser asks for at ``/api/workflow_templates/<pack>/``):
 written when missing, or for all workflows with ``FP_WEB_THUMBNAILS=1``."""
 import json
@@ -24,6 +25,7 @@ RENDERERS = {"classic": False, "nodes2": True}
 VIEWPORT = {"width": 1600, "height": 1000}
 THUMB_WIDTH = 800
 NOTE_TYPES = ("MarkdownNote", "Note")
+README_SHOTS = {"wplus_basic", "adaface_from_photo"}  # copied to docs/images/workflows/ for the README
 
 
 @pytest.fixture(scope="module")
@@ -153,7 +155,7 @@ def test_workflow_reads_well_in_the_page(page, shot_dir, path, renderer):
     _screenshot(page, png)
     if not vue and not unknown:
         _save_thumbnail(png, path.stem)
-    if os.environ.get("FP_WEB_SHOTS_TO_DOCS", "1") == "1":
+    if path.stem in README_SHOTS and os.environ.get("FP_WEB_SHOTS_TO_DOCS", "1") == "1":
         dest = REPO / "docs" / "images" / "workflows"
         dest.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(png, dest / png.name)
