@@ -60,7 +60,7 @@ class WPlusEncode:
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional face mask (1 = face). The background is painted white "
-                                             "(img*m + (1-m)) before encoding, as the W+ Adapter's preprocessing "
+                                             "(soft where the mask is soft) before encoding, as the W+ Adapter's preprocessing "
                                              "does; batch 1 applies to every image."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
                                        "tooltip": "Images per encoder forward pass (memory vs speed); the "
@@ -263,7 +263,7 @@ class DeltaWEdit:
     FUNCTION = "edit"
     CATEGORY = CAT
     DESCRIPTION = ("Edits W+ codes along a semantic direction exactly as the official code: InterFaceGAN and "
-                   "latent directions add strength*d to the chosen rows; GANSpace (e4e get_delta) sets the "
+                   "latent directions add strength times the direction to the chosen rows; GANSpace (e4e get_delta) sets the "
                    "row-0 coordinate on a PCA component to strength std and adds that delta to the preset rows.")
 
     def edit(self, wplus, direction, strength, rows="preset", start_row=0, end_row=18, direction_override=None):

@@ -10,7 +10,7 @@ import torch
 ROOT = "face_personalization/"
 # paper notation: products of symbols (ada*s, strength*d), (1-s), softmax/sqrt/^T, h_text-style subscripts,
 # primed projections (W_q', Q'K')
-PAPER = re.compile(r"[A-Za-z_)]\*[A-Za-z_(]|\(1 ?- ?[a-z]\)|softmax|sqrt\(|\^T|\bh_[a-z]+|\b[A-Z]_?[a-z]?'|\blambda\b")
+PAPER = re.compile(r"[A-Za-z_)]\*[A-Za-z_(]|\(1 ?- ?[a-z]\)|softmax|sqrt\(|\^T|\bh_[a-z]+|\b[A-Z]_?[a-z]?'(?!s\b)|\blambda\b")
 HIGHER = re.compile(r"\b(higher|lower|larger|smaller|more|less|stronger|weaker|bigger)\b|\b0 = ", re.I)
 FACE_SEARCHES = ("faceid", "pulid", "instantid", "ipadapter face", "identity")
 
@@ -67,7 +67,7 @@ def test_paper_notation_pattern_catches_the_old_tooltips():
                 "softmax(Q'K'^T/sqrt(d))V'", "(1-t)*a + t*b", "W_q', W_k'"):
         assert PAPER.search(old), old
     for plain in ("Higher = stronger likeness (0 = model unchanged).", "W+ code(s) [B,18,512]",
-                  "batch_size/grad_accum images", "PersonaMagic's bypass", "e4e_ffhq_encode.pt"):
+                  "batch_size/grad_accum images", "PersonaMagic's bypass", "B's fine colour", "e4e_ffhq_encode.pt"):
         assert not PAPER.search(plain), plain
 
 

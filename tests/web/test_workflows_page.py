@@ -76,11 +76,21 @@ def _load(page, ui, name, vue):
     _frames(page, 500)
 
 
+HIDE_BANNERS = """() => { for (const el of document.querySelectorAll('body *')) {
+    const t = (el.innerText || '').trim();
+    if ((t.startsWith('Introducing Nodes 2.0') || t.startsWith('Prefer the legacy design'))
+        && el.getBoundingClientRect().height < 90) el.style.visibility = 'hidden'; } }"""
+
+
 def _screenshot(page, path):
-    """The whole graph fitted into the 1600x1000 page, text drawn at any zoom (LOD off)."""
+    """The whole graph fitted into the 1600x1000 page, text drawn at any zoom (level of detail off), without
+    the frontend's "try Nodes 2.0" banners."""
     page.set_viewport_size(VIEWPORT)
     page.evaluate("() => app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+    page.evaluate("() => { app.canvas.min_font_size_for_lod = 0; app.canvas._isLowQuality = false; "
+                  "app.canvas.setDirty(true, true); }")
     _frames(page, 500)
+    page.evaluate(HIDE_BANNERS)
     page.screenshot(path=str(path), animations="disabled")
 
 
