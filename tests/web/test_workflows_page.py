@@ -36,6 +36,7 @@ def page(chromium, web_server):
     p.wait_for_function("window.app && window.app.graph && window.LiteGraph && app.extensions.length > 0 "
                         "&& app.extensionManager && app.extensionManager.setting", timeout=120_000)
     _setting(p, "LiteGraph.Canvas.MinFontSizeForLOD", 0)  # readable text in the fitted screenshots
+    _setting(p, "Comfy.Minimap.Visible", False)  # the minimap would cover the graph's bottom right
     yield p
     _setting(p, "Comfy.VueNodes.Enabled", False)
     ctx.close()
