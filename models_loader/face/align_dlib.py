@@ -8,7 +8,8 @@ and the image is shrunk, cropped, reflect-padded with a blurred, median-filled b
 
 Needs the optional packages ``dlib-bin`` (prebuilt dlib) and ``face-recognition-models`` (ships
 ``shape_predictor_68_face_landmarks.dat``); nothing is downloaded. Large photos are searched for faces on
-a copy downscaled to ``DETECT_MAX_SIDE`` (HOG takes ~36 s on a 3840 px photo at full size); the 68 points
+a copy downscaled to ``DETECT_MAX_SIDE`` (HOG took 10 s on the 3840 px shared photo at full size,
+0.6 s on a 1072 px copy, on 2 loaded CPU cores); the 68 points
 are then fitted on the full-resolution photo.
 """
 import logging
