@@ -2,7 +2,8 @@
 ``NODE_CLASS_MAPPINGS`` and ``NODE_DISPLAY_NAME_MAPPINGS``; this collects them.
 
 Every registered class's ``FUNCTION`` is wrapped with the boundary checks of ``_validate.py``
-(finite, in-range FLOAT widgets; finite, non-empty tensors of the right shape; finite tensor outputs).
+(finite, in-range FLOAT widgets; finite, non-empty tensors of the right shape; finite tensor outputs),
+and placed in the Add Node menu by task with search aliases (``_findability.py``).
 
 Node IDs are public API (saved workflows refer to them): a changed contract gets a new
 ``_v2`` ID and the old class moves to ``deprecated.py``.
@@ -11,6 +12,7 @@ import importlib
 import logging
 import pkgutil
 
+from ._findability import place
 from ._validate import guard
 
 NODE_CLASS_MAPPINGS = {}
@@ -27,6 +29,7 @@ def _register(module):
         NODE_CLASS_MAPPINGS[node_id] = cls
     NODE_DISPLAY_NAME_MAPPINGS.update(getattr(module, "NODE_DISPLAY_NAME_MAPPINGS", {}))
     for node_id in getattr(module, "NODE_CLASS_MAPPINGS", {}):
+        place(node_id, NODE_CLASS_MAPPINGS[node_id])  # menu category by task, search aliases (_findability.py)
         guard(NODE_CLASS_MAPPINGS[node_id], NODE_DISPLAY_NAME_MAPPINGS.get(node_id, node_id))
 
 

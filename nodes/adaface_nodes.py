@@ -82,9 +82,10 @@ class AdaFaceInvert:
                 "adaface": (ADAFACE, {"tooltip": "Model from Load AdaFace."}),
                 "trigger_word": ("STRING", {"default": "<ada>", "tooltip": "Word to type in the positive prompt "
                                  "(e.g. '<ada> in a forest'); replaced by the N identity tokens."}),
-                "id_cfg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "Official "
-                                 "pad blend of the identity tokens: ada*s + pad*(1-s). 1 = Arc2Face default (no blend); "
-                                 "the ConsistentID branch uses 6."}),
+                "id_cfg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "How far "
+                                 "the identity tokens are pushed away from a neutral face (the official blend with the "
+                                 "padding tokens). Higher = stronger, more exaggerated likeness; 1 = Arc2Face default "
+                                 "(no push); the ConsistentID branch uses 6."}),
             },
             "optional": {
                 "face_embeds": ("FACE_EMBEDS", {"tooltip": "ArcFace (antelopev2) embeddings [N, 512]; several faces are "

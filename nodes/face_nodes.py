@@ -42,7 +42,7 @@ class FP_FaceAnalysisLoader:
         return {"required": {
             "model_pack": (packs, {"default": packs[0], "tooltip": "insightface model pack folder in models/insightface/models/ (antelopev2: AdaFace/Arc2Face; buffalo_l). Only installed packs are listed."}),
             "provider": (_analysis.PROVIDER_CHOICES, {"default": "auto", "tooltip": "ONNX Runtime provider: auto picks CUDA / ROCm / CoreML / DirectML when available, else CPU."}),
-            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Default detection size for .get() (FP_FaceDetect passes its own sizes)."}),
+            "det_size": ("INT", {"default": 640, "min": 128, "max": 2048, "step": 32, "tooltip": "Detection resolution for other packs calling .get() (Face Detect uses its own sizes). Higher = finds smaller faces, slower."}),
         }}
 
     RETURN_TYPES = ("FACE_ANALYSIS",)
@@ -62,8 +62,8 @@ class FP_OfflineFaceDetector:
     @classmethod
     def INPUT_TYPES(cls):
         return {"required": {
-            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Minimum detection confidence."}),
-            "max_faces": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most faces looked for per image."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Minimum detection confidence. Higher = fewer false faces but may miss small or turned ones; lower = finds more."}),
+            "max_faces": ("INT", {"default": 10, "min": 1, "max": 64, "tooltip": "Most faces looked for per image (higher = more, slower)."}),
         }}
 
     RETURN_TYPES = ("FACE_ANALYSIS",)
@@ -89,7 +89,7 @@ class FP_FaceDetect:
             "select": (_detect.SELECT_MODES, {"default": "largest", "tooltip": "Per image: the largest face, the face at 'index' (left to right), or all faces."}),
             "index": ("INT", {"default": 0, "min": 0, "max": 63, "tooltip": "Face index (from 0, left to right) when select is 'index'."}),
             "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "Stop with an error naming the image, or skip images without a face."}),
-            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Detection confidence threshold."}),
+            "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01, "tooltip": "Detection confidence threshold. Higher = fewer false faces but may miss small or turned ones; lower = finds more."}),
         }}
 
     RETURN_TYPES = (FACES,)
@@ -185,17 +185,22 @@ class FP_FaceAlign:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "The images the faces were detected on."}),
             "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect; one crop per face."}),
-            "template": (["ffhq", "arcface"], {"default": "ffhq", "tooltip": "ffhq: e4e/W+ Adapter style crop (5-point approximation of the dlib alignment); arcface: recognition crop."}),
+            "template": (list(_align.TEMPLATES), {"default": _align.default_template(), "tooltip":
+                         "ffhq official (dlib-68): the exact FFHQ alignment e4e and the W+ Adapter were trained "
+                         "with (dlib 68 landmarks; needs pip install dlib-bin face-recognition-models; the default "
+                         "when installed). ffhq: a fast 5-point approximation of it (about 15 px off at 512 px). "
+                         "arcface: the 112 px recognition crop."}),
             "size": ("INT", {"default": 512, "min": 64, "max": 2048, "step": 8, "tooltip": "Crop size: 256/512/1024 for ffhq, 112 for arcface."}),
-            "padding": (list(_align.PADDING_MODES), {"default": "reflect", "tooltip": "How to fill outside the photo."}),
+            "padding": (list(_align.PADDING_MODES), {"default": "reflect", "tooltip": "How to fill where the crop leaves the photo: reflect = mirrored (with the official alignment: FFHQ's blurred mirror border); zeros = black (the W+ Adapter script's choice); border = repeat the edge pixels (5-point only; the official alignment leaves it black)."}),
         }}
 
     RETURN_TYPES = ("IMAGE", FACE_ALIGN_TRANSFORM)
     RETURN_NAMES = ("aligned", "transform")
     FUNCTION = "execute"
     CATEGORY = CAT
-    DESCRIPTION = ("Aligns each face to the FFHQ or ArcFace template (least-squares similarity transform, kornia warp) "
-                   "and outputs the crops plus the transform for FP_FacePasteBack.")
+    DESCRIPTION = ("Aligns each face for the encoders: the official FFHQ alignment from dlib's 68 landmarks (as e4e and "
+                   "the W+ Adapter), its 5-point approximation, or the ArcFace crop; outputs the crops plus the "
+                   "transform for FP_FacePasteBack.")
 
     def execute(self, image, faces, template, size, padding):
         return _align.align_faces(image, faces, template, size, padding)
@@ -208,7 +213,7 @@ class FP_FacePasteBack:
             "image": ("IMAGE", {"tooltip": "The original images."}),
             "aligned": ("IMAGE", {"tooltip": "The (edited) aligned crops, one per face, any square size."}),
             "transform": (FACE_ALIGN_TRANSFORM, {"tooltip": "From FP_FaceAlign."}),
-            "feather": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip": "Soft edge width in crop pixels."}),
+            "feather": ("INT", {"default": 16, "min": 0, "max": 256, "tooltip": "Soft edge width in crop pixels. Higher = smoother, wider blend into the photo; 0 = hard edge."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
@@ -228,8 +233,8 @@ class FP_FaceMask:
             "faces": (FACES, {"tooltip": "Faces from FP_FaceDetect."}),
             "image": ("IMAGE", {"tooltip": "Images the faces were found in (sets the mask size)."}),
             "shape": (_mask.MASK_SHAPES, {"default": "convex_hull", "tooltip": "Hull of landmark-derived face outline, an ellipse, or the box."}),
-            "grow": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.05, "tooltip": "Scale of the region around its centre."}),
-            "feather": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Gaussian feather width in pixels."}),
+            "grow": ("FLOAT", {"default": 1.0, "min": 0.5, "max": 3.0, "step": 0.05, "tooltip": "Size of the mask around the face centre. Higher = a larger region (1 = the face outline)."}),
+            "feather": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Soft edge width in pixels. Higher = a softer, wider edge; 0 = hard edge."}),
         }}
 
     RETURN_TYPES = ("MASK",)
@@ -249,14 +254,14 @@ class FP_WhitenBackground:
         return {"required": {
             "image": ("IMAGE", {"tooltip": "Images (e.g. aligned faces)."}),
             "mask": ("MASK", {"tooltip": "Face mask (1 = keep)."}),
-            "blur": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Mask blur in pixels."}),
+            "blur": ("FLOAT", {"default": 8.0, "min": 0.0, "max": 256.0, "step": 0.5, "tooltip": "Mask blur in pixels. Higher = a softer transition from face to white."}),
         }}
 
     RETURN_TYPES = ("IMAGE",)
     RETURN_NAMES = ("image",)
     FUNCTION = "execute"
     CATEGORY = CAT
-    DESCRIPTION = "W+ Adapter preprocessing: keeps the masked face and paints the rest white (img*m + (1-m))."
+    DESCRIPTION = "W+ Adapter preprocessing: keeps the masked face and paints the rest white (soft where the mask is soft)."
 
     def execute(self, image, mask, blur):
         return (_mask.whiten_background(image, mask, blur),)
@@ -272,7 +277,7 @@ class FP_FaceSimilarity:
             "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "An insightface analysis with a recognition model "
                                                                "(antelopev2 or buffalo_l)."}),
             "det_thresh": ("FLOAT", {"default": 0.5, "min": 0.05, "max": 0.99, "step": 0.01,
-                                     "tooltip": "Detection confidence threshold."}),
+                                     "tooltip": "Detection confidence threshold. Higher = fewer false faces, lower = finds more."}),
         }}
 
     RETURN_TYPES = ("FLOAT", "STRING")

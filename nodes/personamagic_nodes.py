@@ -59,10 +59,13 @@ class StageRegulatedTI:
                                           "tooltip": "Class word used for t > 800 and for the token "
                                                      "normalisation; empty = the mapper's (official: 'face')."}),
                 "t_high": ("FLOAT", {"default": 800.0, "min": 0.0, "max": 1000.0, "step": 1.0,
-                                     "tooltip": "Timesteps above this use the class word (official 800)."}),
+                                     "tooltip": "Noise level (0-1000) above which the plain class word is used instead of "
+                                               "the identity (official 800). Higher = the identity acts from earlier, rougher "
+                                               "steps: stronger likeness, less room for the prompt's layout."}),
                 "t_low": ("FLOAT", {"default": 400.0, "min": 0.0, "max": 1000.0, "step": 1.0,
-                                    "tooltip": "Timesteps below this reuse the last mapper tokens of the run "
-                                               "(official 400)."}),
+                                    "tooltip": "Noise level (0-1000) below which the last identity tokens are "
+                                               "kept for the remaining detail steps (official 400). Higher = the tokens "
+                                               "stop changing earlier."}),
             },
         }
 

@@ -14,8 +14,8 @@ class FP_LoadPIDiff:
     RETURN_NAMES = ("pidiff",)
     FUNCTION = "load"
     CATEGORY = category("pidiff")
-    DESCRIPTION = ("Loads PIDiff weights: the mapping network F (W+ code -> 4 visual tokens) and the per-layer style "
-                   "cross-attention projections W_q', W_k', W_v'. Format documented in "
+    DESCRIPTION = ("Loads PIDiff weights: the mapping network (W+ code to 4 visual tokens) and the per-layer "
+                   "style cross-attention projections. Format documented in "
                    "models_loader/methods/pidiff/weights.py; official W+ Adapter weights load too.")
 
     def load(self, pidiff_name):
@@ -33,16 +33,20 @@ class FP_ApplyStyleCrossAttention:
                 "pidiff": ("PIDIFF", {"tooltip": "Weights from Load PIDiff."}),
                 "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512] of the identity: one for the batch or one per image."}),
                 "strength": ("FLOAT", {"default": 0.4, "min": -2.0, "max": 5.0, "step": 0.05, "tooltip":
-                    "lambda of f_text + lambda*SCA (paper: 1 in training, 0.4 at inference). 0 = model unchanged."}),
+                    "How strongly the face is imposed. Higher = stronger likeness but less freedom for the prompt; lower "
+                    "= the prompt wins. 0 = model unchanged; the paper uses 0.4 for generation (1 in training)."}),
                 "start_percent": ("FLOAT", {"default": 0.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                             "tooltip": "Fraction of the sampling steps that run without the face: steps up to "
-                                                       "int(start x steps) stay plain (0 = from the first step, as the paper)."}),
+                                                       "int(start x steps) stay plain (0 = from the first step, as the paper). Higher = "
+                                                       "the prompt sets layout and pose first."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                           "tooltip": "Fraction of the sampling steps after which the face stops "
-                                                     "being added (1 = until the last step)."}),
+                                                     "being added (1 = until the last step). Lower = the "
+                                                     "detail-refining steps run without it."}),
             },
             "optional": {
-                "attn_mask": ("MASK", {"tooltip": "Optional region mask multiplying the SCA residual (identity per region)."}),
+                "attn_mask": ("MASK", {"tooltip": "Optional region mask: the face acts only where the mask is white, so "
+                                                  "several Apply nodes with different codes and masks place several people."}),
             },
         }
 
@@ -50,9 +54,9 @@ class FP_ApplyStyleCrossAttention:
     RETURN_NAMES = ("model",)
     FUNCTION = "apply"
     CATEGORY = category("pidiff")
-    DESCRIPTION = ("Applies PIDiff's style cross-attention behind every text cross-attention: f_text + "
-                   "lambda*softmax(Q'K'^T/sqrt(d))V' with Q' from the text-attention result and K', V' from the "
-                   "W+ visual tokens F(w+). Same engine as the W+ Adapter (chains with other attention patches).")
+    DESCRIPTION = ("Puts the face of a W+ code into the model (PIDiff): after every text cross-attention, an extra "
+                   "style cross-attention looks at 4 visual tokens made from the code and adds its result, "
+                   "weighted by strength. Same engine as the W+ Adapter (chains with other attention patches).")
 
     def apply(self, model, pidiff, wplus, strength, start_percent, end_percent, attn_mask=None):
         from ..models_loader.methods.registry import method

@@ -2,7 +2,9 @@
 from ._common import category
 from ..models_loader import paths
 
-_STRENGTH_TIP = "lambda: weight of the W+ residual (official demo 1.0, Stage I notebook 0.8). 0 = model unchanged."
+_STRENGTH_TIP = ("How strongly the face is imposed. Higher = stronger likeness but less freedom for the prompt "
+                 "(pose, style); lower = the prompt wins. 0 = model unchanged; the official demo uses 1.0, its "
+                 "Stage I notebook 0.8.")
 
 
 class FP_LoadWPlusAdapter:
@@ -16,8 +18,8 @@ class FP_LoadWPlusAdapter:
     RETURN_NAMES = ("wplus_adapter",)
     FUNCTION = "load"
     CATEGORY = category("wplus")
-    DESCRIPTION = ("Loads W+ Adapter weights (csxmli2016/w-plus-adapter, SD1.5): the W+ projection w_proj "
-                   "(18x512 W+ code -> 4 tokens) and the per-layer residual cross-attention projections. Files are "
+    DESCRIPTION = ("Loads W+ Adapter weights (csxmli2016/w-plus-adapter, SD1.5): the projection that "
+                   "turns a W+ code (18x512) into 4 face tokens and the per-layer residual cross-attention projections. Files are "
                    "loaded without executing pickled code.")
 
     def load(self, adapter_name):
@@ -39,10 +41,12 @@ class ApplyResidualCrossAttention:
                 "start_percent": ("FLOAT", {"default": 0.2, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
                     "Fraction of the sampling steps that run without the face, so the layout forms first: steps "
                     "up to int(start x steps) stay plain (0.2 = the official W+ Adapter rule; 0 = face from the "
-                    "first step). Higher = more freedom for the prompt, less likeness."}),
+                    "first step). Higher = the prompt sets layout and pose first, so the image follows the prompt more "
+                    "and the face a bit less."}),
                 "end_percent": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 1.0, "step": 0.01,
                                           "tooltip": "Fraction of the sampling steps after which the face stops "
-                                                     "being added (1 = until the last step)."}),
+                                                     "being added (1 = until the last step). Lower = the last, "
+                                                     "detail-refining steps run without it (softer likeness, cleaner details)."}),
             },
             "optional": {
                 "attn_mask": ("MASK", {"tooltip": "Optional region mask: the W+ residual is multiplied by it, so "
@@ -55,10 +59,10 @@ class ApplyResidualCrossAttention:
     RETURN_NAMES = ("model",)
     FUNCTION = "apply"
     CATEGORY = category("wplus")
-    DESCRIPTION = ("Applies the W+ Adapter's residual cross-attention: in every cross-attention layer the text "
-                   "attention output h_text queries 4 tokens projected from the W+ code and to_out(h_text + "
-                   "strength*h_w) is used (negative prompt branch uses w_proj(0), as the official code). Chains with "
-                   "other attention patches (IPAdapter, PIDiff, another identity) instead of replacing them.")
+    DESCRIPTION = ("Puts the face of a W+ code into the model (W+ Adapter, CVPR 2024): every cross-attention layer also "
+                   "looks at 4 face tokens made from the code and adds what it finds, weighted by strength; the "
+                   "negative prompt gets the tokens of an empty code, as in the official code. Chains with other "
+                   "attention patches (IPAdapter, PIDiff, another identity) instead of replacing them.")
 
     def apply(self, model, wplus_adapter, wplus, strength, start_percent, end_percent, attn_mask=None):
         from ..models_loader.methods.registry import method

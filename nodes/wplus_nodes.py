@@ -60,7 +60,7 @@ class WPlusEncode:
             },
             "optional": {
                 "mask": ("MASK", {"tooltip": "Optional face mask (1 = face). The background is painted white "
-                                             "(img*m + (1-m)) before encoding, as the W+ Adapter's preprocessing "
+                                             "(soft where the mask is soft) before encoding, as the W+ Adapter's preprocessing "
                                              "does; batch 1 applies to every image."}),
                 "batch_size": ("INT", {"default": 4, "min": 1, "max": 64,
                                        "tooltip": "Images per encoder forward pass (memory vs speed); the "
@@ -154,14 +154,15 @@ class FP_WPlusInterpolate:
             "wplus_a": ("WPLUS", {"tooltip": "Code at t = 0."}),
             "wplus_b": ("WPLUS", {"tooltip": "Code at t = 1 (a batch of 1 broadcasts against the other batch)."}),
             "t": ("FLOAT", {"default": 0.5, "min": -1.0, "max": 2.0, "step": 0.01,
-                            "tooltip": "(1-t)*a + t*b; values outside 0..1 extrapolate."}),
+                            "tooltip": "How far from A towards B: 0 = A, 1 = B, 0.5 = halfway. Higher = more like B; "
+                                       "values outside 0..1 exaggerate the difference."}),
         }}
 
     RETURN_TYPES = ("WPLUS",)
     RETURN_NAMES = ("wplus",)
     FUNCTION = "interpolate"
     CATEGORY = CAT
-    DESCRIPTION = "Linear interpolation of two W+ codes (identity morphing): (1-t)*a + t*b on all 18 rows."
+    DESCRIPTION = "Blends two W+ codes (identity morphing) on all 18 rows: t = 0 gives A, 1 gives B."
 
     def interpolate(self, wplus_a, wplus_b, t):
         return (wcodes.interpolate(wplus_a, wplus_b, t),)
@@ -238,7 +239,9 @@ class DeltaWEdit:
                 "wplus": ("WPLUS", {"tooltip": "W+ code(s) [B,18,512] to edit (each batch item separately)."}),
                 "direction": _direction_input(with_override=True),
                 "strength": ("FLOAT", {"default": 3.0, "min": -100.0, "max": 100.0, "step": 0.1,
-                                       "tooltip": "InterFaceGAN / latent direction: w + strength*d (negative "
+                                       "tooltip": "How far to move along the direction. Higher = a stronger edit "
+                                                  "(e.g. older, more smiling). InterFaceGAN / latent direction: adds "
+                                                  "strength times the direction (negative "
                                                   "reverses, 0 = unchanged). GANSpace: the target coordinate in "
                                                   "standard deviations along the component, replacing the csv's "
                                                   "strength column (as the W+ Adapter demo does); 0 moves to the "
@@ -260,7 +263,7 @@ class DeltaWEdit:
     FUNCTION = "edit"
     CATEGORY = CAT
     DESCRIPTION = ("Edits W+ codes along a semantic direction exactly as the official code: InterFaceGAN and "
-                   "latent directions add strength*d to the chosen rows; GANSpace (e4e get_delta) sets the "
+                   "latent directions add strength times the direction to the chosen rows; GANSpace (e4e get_delta) sets the "
                    "row-0 coordinate on a PCA component to strength std and adds that delta to the preset rows.")
 
     def edit(self, wplus, direction, strength, rows="preset", start_row=0, end_row=18, direction_override=None):

@@ -6,11 +6,12 @@ template is estimated by least squares (Umeyama 1991) in torch, then applied wit
 ``kornia.geometry.transform.warp_affine``.
 
 FFHQ note: the official FFHQ / e4e / W+ Adapter preprocessing (``align_face`` with dlib's 68
-landmarks) builds an oriented square from the eye centres and the outer mouth corners. Here we
-use 5 points (eyes, nose, mouth corners) and fit them to the mean FFHQ 5-point positions
-(the template used by GFPGAN/facexlib/CodeFormer). Both are similarity transforms driven by the
-same features, so the crops agree up to the small landmark-definition differences (a few pixels
-at 1024 px): an approximation of the dlib-68 alignment, not a bit-exact copy.
+landmarks) builds an oriented square from the eye centres and the outer mouth corners; template
+``OFFICIAL`` runs exactly that (``align_dlib.py``, needs the optional dlib packages). Template
+``ffhq`` uses 5 points (eyes, nose, mouth corners) fitted to the mean FFHQ 5-point positions (the
+template used by GFPGAN/facexlib/CodeFormer): both are similarity transforms driven by the same
+features, but the 5-point crop is an approximation (15.2 px mean landmark offset measured on the
+512 px official W+ Adapter crop, tests/face/test_align.py), not a copy.
 """
 import torch
 
@@ -35,6 +36,15 @@ ARCFACE_TEMPLATE_112 = torch.tensor([
 ], dtype=torch.float64)
 
 PADDING_MODES = {"reflect": "reflection", "zeros": "zeros", "border": "border"}
+OFFICIAL = "ffhq official (dlib-68)"
+TEMPLATES = (OFFICIAL, "ffhq", "arcface")
+
+
+def default_template() -> str:
+    """The official dlib-68 FFHQ alignment when dlib is installed, else the 5-point FFHQ fit."""
+    from .align_dlib import available
+
+    return OFFICIAL if available() else "ffhq"
 
 
 def template(name: str, size: int) -> torch.Tensor:
@@ -142,6 +152,10 @@ def align_faces(images: torch.Tensor, bundle, name: str = "ffhq", size: int = 51
     if tuple(images.shape[1:3]) != tuple(bundle.image_sizes):
         raise ValueError(f"FACES were detected on {bundle.image_sizes[1]}x{bundle.image_sizes[0]} images but "
                          f"these are {images.shape[2]}x{images.shape[1]}; connect the same images")
+    if name == OFFICIAL:
+        from .align_dlib import align_faces_official
+
+        return align_faces_official(images, bundle, int(size), padding)
     crops, fwd, inv = align_to_template(images[idx.to(images.device)], bundle.kps, name, size, padding)
     return crops, AlignTransform(fwd.cpu(), inv.cpu(), idx, int(size), tuple(images.shape[1:3]), name)
 

@@ -10,6 +10,7 @@ import logging
 import numpy as np
 import torch
 
+from ..progress import progress
 from .types import DetectedFace, FaceBundle
 
 log = logging.getLogger(__name__)
@@ -158,9 +159,11 @@ def detect_faces(images, analysis, select="largest", index=0, if_no_face="error"
     rec = recognition_model(analysis) if embed else None
     b = images.shape[0]
     faces, skipped = [], []
+    bar = progress(b)
     for i in range(b):
         img = to_bgr_uint8(images[i])
         found = detect_image(analysis, img, det_sizes, det_thresh)
+        bar.update(1)
         if select == "index":
             found.sort(key=lambda f: float(f[0][0] + f[0][2]))
             if index >= len(found):

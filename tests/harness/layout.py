@@ -6,6 +6,11 @@ mean row of what feeds them (fewer crossings). Each node gets a size that holds 
 widgets with room to spare (the frontend grows a node that is too small, which is what made the
 old grid layout overlap), so boxes never overlap in either renderer. Titles are left to the
 nodes' display names; a Markdown note explains the workflow at the top left.
+
+Spacing leaves room for the frontend's "Nodes 2.0" renderer: frontend 1.32 draws a classic workflow's
+nodes 1.2x larger in place (``Comfy.VueNodes.AutoScaleLayout`` scales the sizes, measured in
+tests/web/test_workflows_page.py), and a Load Image node grows further with its picture, so columns
+and rows advance by the grown size.
 """
 
 TITLE_H = 30           # LiteGraph draws the title bar above ``pos``
@@ -20,6 +25,14 @@ WIDE_TYPES = {"KSampler": 340, "KSamplerAdvanced": 360, "CLIPTextEncode": 400, "
               "MarkdownNote": 460, "Note": 460}
 IMAGE_TYPES = {"LoadImage", "SaveImage", "PreviewImage"}
 NOTE_TYPE = "MarkdownNote"
+VUE_GROWTH = 1.2       # Nodes 2.0 size of a node relative to its saved size (title included)
+VUE_IMAGE_EXTRA = 120  # Load Image / previews grow further with the picture's aspect in Nodes 2.0
+
+
+def _footprint_h(node):
+    """Height a node takes in the page in either renderer (title bar included)."""
+    extra = VUE_IMAGE_EXTRA if node["type"] in IMAGE_TYPES else 0
+    return VUE_GROWTH * (TITLE_H + node["size"][1]) + extra
 
 
 def _multiline_widgets(types):
@@ -100,7 +113,7 @@ def arrange(ui, input_types=None, note=None, origin=(0, 0)):
         note_node["pos"] = [x0, y0 + TITLE_H]
         ui["nodes"].append(note_node)
         ui["last_node_id"] = max(ui.get("last_node_id", 0), note_node["id"])
-        y0 += note_node["size"][1] + TITLE_H + ROW_GAP
+        y0 += _footprint_h(note_node) + ROW_GAP
     x = x0
     for d in sorted(columns):
         y = y0
@@ -109,8 +122,8 @@ def arrange(ui, input_types=None, note=None, origin=(0, 0)):
             n = nodes[nid]
             n["size"] = node_size(n, input_types)
             n["pos"] = [x, y + TITLE_H]
-            y += TITLE_H + n["size"][1] + ROW_GAP
-            width = max(width, n["size"][0])
+            y += _footprint_h(n) + ROW_GAP
+            width = max(width, VUE_GROWTH * n["size"][0])
         x += width + COL_GAP
     return ui
 

@@ -258,5 +258,11 @@ class AdaFaceModel:
         face = face_embeds.float().reshape(-1, face_embeds.shape[-1])
         if average:
             face = F.normalize(face, p=2, dim=-1).mean(dim=0, keepdim=True)
-        out = self.inverter(self.arc2face(face), cfg_scale=cfg_scale)
+        from ...progress import progress
+
+        bar = progress(2)  # two CLIP text-encoder passes: Arc2Face, then the prompt inverter
+        prompt_embs = self.arc2face(face)
+        bar.update(1)
+        out = self.inverter(prompt_embs, cfg_scale=cfg_scale)
+        bar.update(1)
         return out[0] if average else out

@@ -15,6 +15,7 @@ import os
 
 import torch
 
+from ...progress import progress
 from ...textspace.trigger import sub_tokenizers
 
 log = logging.getLogger(__name__)
@@ -49,12 +50,15 @@ def _encoder_pairs(clip):
     return pairs
 
 
-def column_means(token_embedding, hf_tokenizer, names, n_column=N_COLUMNS, device="cpu"):
-    """fp32 means of the input-embedding rows at BPE positions 1..n_column over all names."""
+def column_means(token_embedding, hf_tokenizer, names, n_column=N_COLUMNS, device="cpu", bar=None):
+    """fp32 means of the input-embedding rows at BPE positions 1..n_column over all names
+    (``bar``: a progress bar advanced once per name)."""
     sums = [None] * n_column
     counts = [0] * n_column
     for name in names:
         ids = hf_tokenizer(name)["input_ids"][:77]
+        if bar is not None:
+            bar.update(1)
         n = len(ids)
         cols = list(range(1, min(n - 1, n_column + 1)))
         if not cols:
@@ -84,11 +88,13 @@ def cross_init_vectors(clip, names=None):
     names = names if names is not None else load_names()
     clip.load_model()
     out = {}
-    for key, tok, enc in _encoder_pairs(clip):
+    pairs = _encoder_pairs(clip)
+    bar = progress(len(pairs) * (len(names) + 1))  # every name tokenised per encoder, then one forward each
+    for key, tok, enc in pairs:
         transformer = enc.transformer
         emb = transformer.get_input_embeddings()
         device = emb.weight.device
-        cols, counts = column_means(emb, tok.tokenizer, names, device=device)
+        cols, counts = column_means(emb, tok.tokenizer, names, device=device, bar=bar)
         special = enc.special_tokens
         bos, eos = special["start"], special["end"]
         pad = special.get("pad", eos)
@@ -102,6 +108,7 @@ def cross_init_vectors(clip, names=None):
                               final_layer_norm_intermediate=True, dtype=torch.float32)
         hidden = outputs[0] if layer == "last" else outputs[1]
         out[key] = hidden[0, 1:1 + N_COLUMNS].float().cpu()
+        bar.update(1)
         log.info("cross-init %s: columns averaged over %s names, output layer %s", key, counts,
                  "last" if layer == "last" else layer_idx)
     return out
