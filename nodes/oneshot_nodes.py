@@ -13,7 +13,7 @@ from ..models_loader import paths
 CAT = category("apply")
 CUSTOM = "custom"
 # preset -> (strength, start_percent); "balanced" is each method's official inference setting
-WPLUS_PRESETS = {"faithful": (1.0, 0.0), "balanced": (1.0, 0.22), "editable": (0.7, 0.4)}
+WPLUS_PRESETS = {"faithful": (1.0, 0.0), "balanced": (1.0, 0.2), "editable": (0.7, 0.4)}
 PIDIFF_PRESETS = {"faithful": (0.6, 0.0), "balanced": (0.4, 0.0), "editable": (0.25, 0.2)}
 ALIGN = {"name": "ffhq", "size": 512, "padding": "reflect"}  # FP_FaceAlign's defaults
 

@@ -80,7 +80,7 @@ def wplus_from_photo():
     p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
     p["apply"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
         "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["encode", 0],
-        "strength": 1.0, "start_percent": 0.22, "end_percent": 1.0}}
+        "strength": 1.0, "start_percent": 0.2, "end_percent": 1.0}}
     p["sample"]["inputs"]["model"] = ["apply", 0]
     return p
 
@@ -100,7 +100,7 @@ def wplus_quickstart():
     p["photo"] = {"class_type": "LoadImage", "inputs": {"image": PHOTO}}
     p["face"] = {"class_type": "FP_WPlusAdapterFromPhoto", "inputs": {
         "model": ["ckpt", 0], "image": ["photo", 0], "preset": "balanced", "adapter_name": ADAPTER,
-        "e4e_encoder": E4E, "model_pack": "antelopev2", "strength": 1.0, "start_percent": 0.22}}
+        "e4e_encoder": E4E, "model_pack": "antelopev2", "strength": 1.0, "start_percent": 0.2}}
     p["sample"]["inputs"]["model"] = ["face", 0]
     p["show_face"] = {"class_type": "PreviewImage", "inputs": {"images": ["face", 2]}}
     return p

@@ -79,7 +79,7 @@ def _wplus_graph(names, method, preset, strength, start):
 
 
 @pytest.mark.parametrize("method,preset,strength,start", [
-    ("wplus", "balanced", 1.0, 0.22),   # the preset's documented values = the official demo
+    ("wplus", "balanced", 1.0, 0.2),   # the preset's documented values = the official demo
     ("wplus", "custom", 0.7, 0.0),
     ("pidiff", "faithful", 0.6, 0.0),
 ])
@@ -157,7 +157,7 @@ def test_adaface_one_node_equals_chain(comfy, names):
 def test_presets_are_documented_and_custom_passes_through(comfy):
     from comfyui_face_personalization.nodes import oneshot_nodes as one
 
-    assert one.resolve_preset(one.WPLUS_PRESETS, "balanced", 9.0, 0.9) == (1.0, 0.22)  # official demo setting
+    assert one.resolve_preset(one.WPLUS_PRESETS, "balanced", 9.0, 0.9) == (1.0, 0.2)  # official demo setting
     assert one.resolve_preset(one.PIDIFF_PRESETS, "balanced", 9.0, 0.9) == (0.4, 0.0)  # the paper's lambda
     assert one.resolve_preset(one.WPLUS_PRESETS, "custom", 0.3, 0.1) == (0.3, 0.1)
     for node, presets in (("FP_WPlusAdapterFromPhoto", one.WPLUS_PRESETS), ("FP_PIDiffFromPhoto", one.PIDIFF_PRESETS)):

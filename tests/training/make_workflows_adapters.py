@@ -68,7 +68,7 @@ def _train_wplus(stage, image, init, text, prefix, name):
     p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
     p["apply"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
         "model": ["ckpt", 0], "wplus_adapter": ["result", 0], "wplus": ["wplus", 0], "strength": 1.0,
-        "start_percent": 0.22, "end_percent": 1.0}}
+        "start_percent": 0.2, "end_percent": 1.0}}
     p["sample"]["inputs"]["model"] = ["apply", 0]
     return p
 
