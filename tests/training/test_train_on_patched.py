@@ -72,7 +72,8 @@ def test_a_lora_on_the_graph_is_baked_into_the_trained_base(comfy, tiny_sd15, sh
                        ("model", patched.model.model, plain.model.model)):
         sa, sb = a.state_dict(), b.state_dict()
         assert sa.keys() == sb.keys()
-        untouched = [k for k in sa if k not in expected and not torch.equal(sa[k], sb[k])]
+        # text_projection: not in SD1.x files, ComfyUI fills it at load (not from the checkpoint): left out
+        untouched = [k for k in sa if k not in expected and "text_projection" not in k and not torch.equal(sa[k], sb[k])]
         assert not untouched, (part, untouched[:5])
 
     # the text the worker trains through is the text ComfyUI encodes with the LoRA'd CLIP (what the user sees)
