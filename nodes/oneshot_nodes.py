@@ -101,8 +101,8 @@ class _WPlusFromPhoto:
                              "Only with preset 'custom': higher = stronger likeness, lower = more freedom for the "
                              "prompt; 0 = model unchanged."}),
                 "start_percent": ("FLOAT", {"default": start, "min": 0.0, "max": 1.0, "step": 0.01, "tooltip":
-                                  "Only with preset 'custom': the face is imposed from this point of the denoising "
-                                  "on (later = the prompt sets the layout)."}),
+                                  "Only with preset 'custom': fraction of the sampling steps that run without the face. "
+                                  "Higher = the prompt sets layout and pose first, the face a bit less."}),
             },
             "optional": {
                 "face_analysis": (FACE_ANALYSIS_TYPES, {"tooltip": "Optional: a face analysis from Face Analysis "

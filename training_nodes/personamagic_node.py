@@ -122,7 +122,7 @@ class FP_TrainPersonaMagic:
     DESCRIPTION = ("Trains a PersonaMagic mapper (AAAI 2025) from photos of one person in a background job and "
                    "returns at once: ComfyUI keeps running other prompts meanwhile. The official recipe "
                    "(training/coach_2.py): the timestep mapper and its image bypass head are trained with a "
-                   "face-masked noise loss plus the text-embedding attention loss -0.001·p(1-p), t in 400..799, "
+                   "face-masked noise loss plus the official text-embedding attention loss, timesteps 400..799, "
                    "bypass dropped half of the time, 1000 steps, batch 1 x 2 accumulation, AdamW lr 1e-4. Writes "
                    "models/personamagic/<name>.safetensors (Load PersonaMagic Mapper / Stage-Regulated TI). "
                    "Trains on the checkpoint file you pick (its weights as saved, without LoRAs of this graph).")

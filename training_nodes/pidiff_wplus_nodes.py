@@ -222,8 +222,8 @@ _FOLDER_TIP = ("Folder of photos (inside ComfyUI's input folder, or an absolute 
 
 
 class FP_TrainPIDiff:
-    DESCRIPTION = ("Fine-tunes PIDiff (the mapping network F and the style cross-attention projections W_q', W_k', "
-                   "W_v') on photos of one person in a background job and returns at once. The paper's recipe: "
+    DESCRIPTION = ("Fine-tunes PIDiff (its mapping network and the query/key/value projections of its style "
+                   "cross-attention) on photos of one person in a background job and returns at once. The paper's recipe: "
                    "projections start from the UNet's own q/k/v (or a W+ Adapter file), random templates "
                    "'an image of <word>', noise on the W+ code, text dropped 30 % / face dropped 50 % of the time, "
                    "AdamW lr 1e-4, weight decay 0.01, batch 4, 600 steps, 6+ photos. Writes models/pidiff/<name>"

@@ -14,11 +14,11 @@ def sd15(comfy, tiny_sd15):
     """(MODEL, CLIP, VAE) of the tiny SD1.5 checkpoint via core CheckpointLoaderSimple, loaded by ComfyUI's model
     manager up front: its first load materialises weights the checkpoint lacks (SD1's unused text_projection),
     which must not happen between a test's frozen-weight snapshot and its check."""
-    import comfy.model_management
+    from comfy import model_management  # (a plain `import comfy.x` would shadow the `comfy` fixture)
 
     mp, clip, vae = comfy.node_classes["CheckpointLoaderSimple"]().load_checkpoint(tiny_sd15)[:3]
     clip.load_model()
-    comfy.model_management.load_models_gpu([mp])
+    model_management.load_models_gpu([mp])
     return mp, clip, vae
 
 
