@@ -91,7 +91,7 @@ def test_train_cancel_resume_and_generate_while_training(server, tiny_sd15, phot
     cfg["steps"] = ckpt["step"] + 2
     open(f"{job['job_dir']}/config.json", "w").write(json.dumps(cfg))
     status, body = server.post_json(f"/fp/training/jobs/{job_id}/resume", {})
-    assert status == 200 and body["status"] == "queued"
+    assert status == 200 and body["status"] in ("queued", "running"), body  # an idle queue may start it at once
     job = _wait_status(server, job_id, ("done", "failed"))
     assert job["status"] == "done", job
     steps = [r["step"] for r in job["loss_history"]]
@@ -224,7 +224,7 @@ def test_server_killed_mid_run_resumes_at_its_checkpoint_with_the_same_final_wei
         job = srv.get_json(f"/fp/training/jobs/{kill_id}")
         assert job["status"] == "resumable" and "server stopped" in job["message"], job
         status, body = srv.post_json(f"/fp/training/jobs/{kill_id}/resume", {})
-        assert status == 200 and body["status"] == "queued", body
+        assert status == 200 and body["status"] in ("queued", "running"), body  # an idle queue may start it at once
         job = _wait_status(srv, kill_id, ("done", "failed"))
         assert job["status"] == "done", job
         assert f"resumed from checkpoint at step {saved_step}" in open(f"{job['job_dir']}/log.txt").read()

@@ -2,6 +2,7 @@
 the base the worker trains on (in-process, tiny SD1.5). Reference: the LoRA rule W + s·(alpha/r)·up@down by hand,
 and ComfyUI's own encoding through the LoRA'd CLIP; everything the LoRA does not touch stays bit-identical."""
 import shutil
+from pathlib import Path
 
 import torch
 
@@ -33,7 +34,7 @@ def _load(run, path, job_dir=None, overrides=""):
                          job_dir)
 
 
-def test_a_lora_on_the_graph_is_baked_into_the_trained_base(comfy, tiny_sd15, shared_data, tmp_path):
+def test_a_lora_on_the_graph_is_baked_into_the_trained_base(comfy, comfy_home, tiny_sd15, shared_data, tmp_path):
     import comfy.sd
     import folder_paths
 
@@ -48,8 +49,8 @@ def test_a_lora_on_the_graph_is_baked_into_the_trained_base(comfy, tiny_sd15, sh
     lora, expected, unet_key = _tiny_lora(model, clip, {"model": 0.7, "clip": 0.9})
     model_l, clip_l = comfy.sd.load_lora_for_models(model, clip, lora, 0.7, 0.9)
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
+    photos = Path(comfy_home) / "input" / "fp_patched_base_photos"  # photo folders are read inside ComfyUI's folders only
+    photos.mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shared_data / "faces" / "celebahq_28017.jpg", photos / "a.jpg")
     det = FP_OfflineFaceDetector().execute(0.5, 10)[0]
     out = FP_TrainCrossInit().execute(tiny_sd15, det, "patched_base_test", "<face>", "custom", 2, 0.005, 1, 1, 64, 0,
