@@ -16,8 +16,14 @@ REL_BAND = 2e-5
 ADAM_BOUND = 3.0
 
 
+# SD1.x checkpoints have no text projection: ComfyUI creates that weight uninitialised and may materialise it anew
+# when the model manager (re)loads the CLIP, so its bytes are not a frozen weight of the training
+UNINITIALISED = ("transformer.text_projection.weight",)
+
+
 def snapshot(*modules):
-    return [{k: v.detach().clone() for k, v in m.state_dict().items()} for m in modules]
+    return [{k: v.detach().clone() for k, v in m.state_dict().items() if not k.endswith(UNINITIALISED)}
+            for m in modules]
 
 
 def assert_bit_identical(before, modules, what):
