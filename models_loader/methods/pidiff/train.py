@@ -16,12 +16,11 @@ The training forward is the same as the W+ Adapter's (:mod:`..wplus.train`): Com
 callback of the shared residual cross-attention running the trainable modules.
 """
 import json
-import os
 
 import torch
 import torch.nn.functional as F
 
-from ...training import diffusion
+from ...training import diffusion, jobfiles
 from ...training.protocol import ADAMW_DEFAULTS
 from ..wplus import train as wt
 
@@ -115,14 +114,8 @@ class PIDiffTrainer:
 
         from .weights import FORMAT, FORMAT_VERSION, to_state_dict
 
-        out_dir = self.output_dirs["pidiff"]
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"{name}.safetensors")
-        meta_path = os.path.join(out_dir, f"{name}.json")
-        for p in (path, meta_path):
-            if os.path.exists(p):
-                raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
-        md = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+        path, meta_path = jobfiles.fresh_output_paths(self.output_dirs["pidiff"], name, (".safetensors", ".json"))
+        md = jobfiles.string_metadata(meta)
         md.update({"format": FORMAT, "format_version": FORMAT_VERSION, "lambda": "0.4",
                    "base_model": str((meta or {}).get("base_model", ""))})
         save_file(to_state_dict(self.weights()), path, metadata=md)

@@ -26,7 +26,7 @@ import torch
 import torch.nn.functional as F
 
 from ... import patch_engine
-from ...training import diffusion
+from ...training import diffusion, jobfiles
 from ...training.protocol import ADAMW_DEFAULTS
 
 # ----------------------------------------------------------------------------------------------
@@ -494,27 +494,18 @@ def weights_of(mapping, adapter, kind):
     return ResidualAttnWeights(copy.deepcopy(mapping).float().cpu(), copy.deepcopy(adapter).float().cpu(), kind, "training")
 
 
-def _meta_text(meta):
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
-
-
 def export_wplus(weights, name, meta, output_dirs, stage):
     """Official ``wplus_adapter.bin`` layout (``<name>.bin``) + safetensors (``<name>.safetensors``) + ``.json``."""
     from safetensors.torch import save_file
 
     from .adapter import to_official_dicts
 
-    out_dir = output_dirs["wplus"]
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, f"{name}{ext}") for ext in (".bin", ".safetensors", ".json")]
-    for p in paths:
-        if os.path.exists(p):
-            raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+    paths = jobfiles.fresh_output_paths(output_dirs["wplus"], name, (".bin", ".safetensors", ".json"))
     dicts = to_official_dicts(weights)
     torch.save(dicts, paths[0])
     flat = {f"w_proj.{k}": v.float().contiguous() for k, v in dicts["w_proj"].items()}
     flat.update({f"wplus_adapter.{k}": v.float().contiguous() for k, v in dicts["wplus_adapter"].items()})
-    save_file(flat, paths[1], metadata=dict(_meta_text(meta), format="wplus_adapter", stage=str(stage)))
+    save_file(flat, paths[1], metadata=dict(jobfiles.string_metadata(meta), format="wplus_adapter", stage=str(stage)))
     with open(paths[2], "w", encoding="utf-8") as f:
         json.dump(dict(meta or {}, stage=stage), f, indent=1)
     return [{"path": paths[0], "folder": "wplus", "name": f"{name}.bin", "kind": "official"},
