@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from ... import textspace
 from ...textspace import trigger as clip_tokens
 from ...training import diffusion, jobfiles
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training.protocol import adamw_config
 from . import core
 
 RESULT_TYPE = "IDENTITY_EMBEDDING"
@@ -164,7 +164,7 @@ class CrossInitTrainer:
         return self.params
 
     def optimizer_config(self):
-        return dict(ADAMW_DEFAULTS, lr=self.lr)
+        return adamw_config(self.lr)
 
     def prompt(self, template_index):
         return TEMPLATES[template_index].format(PHRASE.format(self.trigger))

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from ... import textspace
 from ...textspace import trigger as text_trigger
 from ...training import diffusion, jobfiles
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training.protocol import adamw_config
 from .mapper import PersonaMagicMapper, anchor_weights, apply_bypass
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ class PersonaMagicTrainer:
         return dict(self.mapper.named_parameters())
 
     def optimizer_config(self):
-        return {"lr": self.lr, "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
-                "weight_decay": self.weight_decay}
+        return adamw_config(self.lr, self.weight_decay)
 
     def sample_inputs(self, step, micro, generator):
         g, b = generator, self.batch
