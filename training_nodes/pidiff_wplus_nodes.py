@@ -12,8 +12,8 @@ import torch
 
 from ..models_loader.training import jobfiles
 from ..models_loader.training.spec import JobSpec
-from .nodes import (CATEGORY, JOB, _FACE_TYPES, _checkpoints, check_output_name, command_line, detect_family,
-                    face_crops, gather_photos, save_png)
+from .nodes import (TrainingNode, check_output_name, ckpt_input, detect_family, face_analysis_input, face_crops,
+                    gather_photos, job_inputs, save_png, submit_job)
 
 FROM_UNET = "(none: copy the UNet's own attention)"
 E4E_SIZE = 256
@@ -173,41 +173,14 @@ def _save_images(job_dir, images, sub, prefix):
     return rels
 
 
-def _finish(manager, spec, job_dir, mode, pause_while_generating, out_path):
-    cmd = command_line(job_dir)
-    if mode == "run":
-        manager.submit(spec, job_dir, pause_while_generating)
-        msg = f"training job {spec.job_id} queued ({spec.steps} steps); folder {job_dir}"
-    else:
-        spec.validate()
-        spec.save(job_dir)
-        jobfiles.write_status(job_dir, status="resumable", step=0, total=spec.steps, method=spec.method,
-                              name=spec.name, message="exported; run the command or resume it here")
-        msg = f"job folder {job_dir} written; run: {cmd}"
-    job = {"job_id": spec.job_id, "method": spec.method, "name": spec.name, "job_dir": job_dir}
-    return {"ui": {"text": [msg]}, "result": (job, spec.job_id, out_path, cmd)}
-
-
 def _engine_inputs(precision_tip):
-    """The job-engine options every residual-attention training node shows."""
+    """The job-engine options every residual-attention training node shows (after its own inputs)."""
     return {
         "grad_accum": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Micro-batches per step: batch_size/"
                                "grad_accum images go through the model at once (less memory, same result)."}),
         "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64,
                                "tooltip": "Training image size in pixels (official 512)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of all training randomness "
-                         "(same seed = same result, also after resume)."}),
-        "precision": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": precision_tip}),
-        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the backward "
-                                   "pass: much less memory, ~30% slower."}),
-        "checkpoint_every": ("INT", {"default": 100, "min": 1, "max": 1000000, "tooltip": "Save a resumable "
-                                     "checkpoint every N steps (and always on cancel)."}),
-        "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "A photo without a face: stop with an "
-                       "error naming it, or leave it out."}),
-        "pause_while_generating": ("BOOLEAN", {"default": True, "tooltip": "Pause training between steps while "
-                                   "ComfyUI runs a prompt, so interactive generation gets the GPU first."}),
-        "mode": (["run", "export job only"], {"default": "run", "tooltip": "run: queue the job here. export: only "
-                 "write the job folder and output the accelerate command for another machine or a cluster."}),
+        **job_inputs(precision_tip, checkpoint_max=1000000, mode_where="another machine or a cluster"),
     }
 
 
@@ -221,26 +194,21 @@ _FOLDER_TIP = ("Folder of photos (inside ComfyUI's input folder, or an absolute 
                "images. Files with '_mask' in the name are not used as photos.")
 
 
-class FP_TrainPIDiff:
+class FP_TrainPIDiff(TrainingNode):
     DESCRIPTION = ("Fine-tunes PIDiff (its mapping network and the query/key/value projections of its style "
                    "cross-attention) on photos of one person in a background job and returns at once. The paper's recipe: "
                    "projections start from the UNet's own q/k/v (or a W+ Adapter file), random templates "
                    "'an image of <word>', noise on the W+ code, text dropped 30 % / face dropped 50 % of the time, "
                    "AdamW lr 1e-4, weight decay 0.01, batch 4, 600 steps, 6+ photos. Writes models/pidiff/<name>"
                    ".safetensors (loads in Load PIDiff; generate at strength 0.4).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
     PRESETS = {"paper": {"steps": 600, "learning_rate": 1e-4, "batch_size": 4}}
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": _CKPT_TIP.format(official="official: SD 1.5")}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": _FA_TIP}),
+                "ckpt_name": ckpt_input(_CKPT_TIP.format(official="official: SD 1.5")),
+                "face_analysis": face_analysis_input(_FA_TIP),
                 "e4e": ("E4E_ENCODER", {"tooltip": _E4E_TIP}),
                 "name": ("STRING", {"default": "my_pidiff", "tooltip": "Output name: models/pidiff/<name>.safetensors "
                                     "(and .json with what it was trained on). Must not exist yet."}),
@@ -305,7 +273,7 @@ class FP_TrainPIDiff:
         spec = make_spec(job_id, "pidiff", name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size,
                          grad_accum, learning_rate, resolution, precision, gradient_checkpointing, checkpoint_every,
                          {"pidiff": out_dir}, face_analysis, comfyui_root())
-        return _finish(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
 
 
 def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size, grad_accum, lr,
@@ -323,18 +291,13 @@ def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, ste
 STAGES = {"Stage I (faces)": 1, "Stage II (in the wild)": 2}
 
 
-class FP_TrainWPlusAdapter:
+class FP_TrainWPlusAdapter(TrainingNode):
     DESCRIPTION = ("Trains the W+ Adapter (CVPR 2024) in a background job and returns at once. Stage I (faces, "
                    "train_face.py): w_proj + the residual cross-attention from aligned face photos, plain noise-"
                    "prediction loss. Stage II (in the wild, train_wild.py): starts from a Stage I file, w_proj frozen, "
                    "loss + 2.0 x disentangle (background kept apart from the face, with disturbed W+ codes) + 1.0 x "
                    "preserve, from an image folder with captions (<photo>.txt). AdamW lr 1e-4, weight decay 0.01, "
                    "batch 16, drop rates 0.05. Writes models/wplus/<name>.bin (official layout) + .safetensors.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
     PRESETS = {"official": {"steps": 1_000_000, "learning_rate": 1e-4, "batch_size": 16},
                "short": {"steps": 2000, "learning_rate": 1e-4, "batch_size": 16}}
 
@@ -342,9 +305,9 @@ class FP_TrainWPlusAdapter:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": _CKPT_TIP.format(official="official: SD 1.5")}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": _FA_TIP + " Stage II: also gives the face mask when a "
-                                                "photo has no <photo>_mask.png beside it."}),
+                "ckpt_name": ckpt_input(_CKPT_TIP.format(official="official: SD 1.5")),
+                "face_analysis": face_analysis_input(_FA_TIP + " Stage II: also gives the face mask when a photo has "
+                                                     "no <photo>_mask.png beside it."),
                 "e4e": ("E4E_ENCODER", {"tooltip": _E4E_TIP}),
                 "name": ("STRING", {"default": "my_wplus_adapter", "tooltip": "Output name: models/wplus/<name>.bin, "
                                     ".safetensors and .json. Must not exist yet."}),
@@ -426,7 +389,7 @@ class FP_TrainWPlusAdapter:
         spec = make_spec(job_id, "wplus", name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size,
                          grad_accum, learning_rate, resolution, precision, gradient_checkpointing, checkpoint_every,
                          {"wplus": out_dir}, face_analysis, comfyui_root(), masks=mask_files)
-        return _finish(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
 
 
 NODE_CLASS_MAPPINGS = {"FP_TrainPIDiff": FP_TrainPIDiff, "FP_TrainWPlusAdapter": FP_TrainWPlusAdapter}
