@@ -85,23 +85,29 @@ def gather_photos(images, photo_folder):
     return out
 
 
+def largest_faces(photos, face_analysis, if_no_face):
+    """[(label, image, FaceBundle of its largest face)] of the photos with a face; a photo without one stops with
+    an error naming it, or is left out (``if_no_face`` 'skip'); no face at all is an error."""
+    from ..models_loader.face.detect import detect_faces
+
+    out = []
+    for label, img in photos:
+        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
+        if bundle.faces:
+            out.append((label, img, bundle))
+        elif if_no_face != "skip":
+            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
+    if not out:
+        raise ValueError(f"no face found in any of the {len(photos)} photos")
+    return out
+
+
 def face_crops(photos, face_analysis, size, if_no_face):
     """FFHQ-aligned face crops [size, size, 3] with the pack's face pipeline; labels kept for errors."""
     from ..models_loader.face.align import align_faces
-    from ..models_loader.face.detect import detect_faces
 
-    crops = []
-    for label, img in photos:
-        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
-        if not bundle.faces:
-            if if_no_face == "skip":
-                continue
-            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
-        crop, _ = align_faces(img[None], bundle, "ffhq", size)
-        crops.append((label, crop[0]))
-    if not crops:
-        raise ValueError(f"no face found in any of the {len(photos)} photos")
-    return crops
+    return [(label, align_faces(img[None], bundle, "ffhq", size)[0][0])
+            for label, img, bundle in largest_faces(photos, face_analysis, if_no_face)]
 
 
 def save_png(img, path):

@@ -13,7 +13,7 @@ import torch
 from ..models_loader.training import jobfiles
 from ..models_loader.training.spec import JobSpec
 from .nodes import (TrainingNode, check_output_name, ckpt_input, detect_family, face_analysis_input, face_crops,
-                    gather_photos, job_inputs, save_png, submit_job)
+                    gather_photos, job_inputs, largest_faces, save_png, submit_job)
 
 FROM_UNET = "(none: copy the UNet's own attention)"
 E4E_SIZE = 256
@@ -118,16 +118,10 @@ def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption
     ``default_caption``; mask: ``<photo>_mask.png`` beside it (e.g. a face-parsing mask, as the official data), else
     the pack's landmark face mask."""
     from ..models_loader.face.align import align_faces
-    from ..models_loader.face.detect import detect_faces
     from ..models_loader.face.mask import face_mask
 
     out = []
-    for label, img in photos:
-        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
-        if not bundle.faces:
-            if if_no_face == "skip":
-                continue
-            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
+    for label, img, bundle in largest_faces(photos, face_analysis, if_no_face):
         crop, _ = align_faces(img[None], bundle, "ffhq", 512)
         stem = os.path.splitext(label)[0]
         mask = _side_file_mask(stem, img.shape[:2])
@@ -135,8 +129,6 @@ def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption
             mask = face_mask(bundle)[0]
         picture, picture_mask = _square_around(img, mask, bundle.faces[0].bbox.view(2, 2).mean(0).tolist(), resolution)
         out.append((label, picture, picture_mask, crop[0], _captions(stem, default_caption)))
-    if not out:
-        raise ValueError(f"no face found in any of the {len(photos)} photos")
     return out
 
 
