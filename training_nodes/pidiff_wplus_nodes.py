@@ -176,6 +176,27 @@ def _engine_inputs(precision_tip):
     }
 
 
+def _custom_inputs(steps, steps_max, batch_size, batch_max, batch_source):
+    """steps, learning_rate, batch_size: what the 'custom' preset trains with."""
+    return {
+        "steps": ("INT", {"default": steps, "min": 1, "max": steps_max, "tooltip": "Optimiser steps (custom preset only)."}),
+        "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
+                                    "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
+        "batch_size": ("INT", {"default": batch_size, "min": 1, "max": batch_max, "tooltip": "Images per step (custom "
+                               f"preset only; {batch_source}). Split into micro-batches by grad_accum."}),
+    }
+
+
+def _preset_values(presets, preset, steps, learning_rate, batch_size, grad_accum):
+    """(steps, learning_rate, batch_size): the preset's, or the inputs' for 'custom'; batch_size must split into
+    grad_accum micro-batches."""
+    if preset in presets:
+        steps, learning_rate, batch_size = (presets[preset][k] for k in ("steps", "learning_rate", "batch_size"))
+    if batch_size % grad_accum:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+    return steps, learning_rate, batch_size
+
+
 _CKPT_TIP = ("Base checkpoint to train on ({official}; SD2.x and SDXL work too). The file's own weights are used "
              "(LoRAs or merges of this graph are not trained on). Use the same checkpoint to generate.")
 _FA_TIP = ("Face detector (FP_FaceAnalysisLoader or the offline detector): each photo's largest face is found and "
@@ -211,11 +232,7 @@ class FP_TrainPIDiff(TrainingNode):
                               "models/wplus (e.g. the official wplus_adapter.bin: a good start)."}),
                 "preset": (["paper", "custom"], {"default": "paper", "tooltip": "paper: 600 steps, lr 1e-4, batch 4 "
                            "(fewer steps under-fit, more over-fit, paper Table 3); custom: the values below."}),
-                "steps": ("INT", {"default": 600, "min": 1, "max": 1000000, "tooltip": "Optimiser steps (custom preset only)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
-                                            "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
-                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (custom preset "
-                                       "only; paper 4). Split into micro-batches by grad_accum."}),
+                **_custom_inputs(600, 1000000, 4, 64, "paper 4"),
                 "drop_text": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
                                         "tooltip": "How often the prompt is left empty during training (paper 0.3)."}),
                 "drop_face": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -241,10 +258,8 @@ class FP_TrainPIDiff(TrainingNode):
         from ..models_loader.methods.pidiff import train as pt
         from .jobs import JobManager, comfyui_root
 
-        if preset in self.PRESETS:
-            steps, learning_rate, batch_size = (self.PRESETS[preset][k] for k in ("steps", "learning_rate", "batch_size"))
-        if batch_size % grad_accum:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+        steps, learning_rate, batch_size = _preset_values(self.PRESETS, preset, steps, learning_rate, batch_size,
+                                                          grad_accum)
         word = (pseudo_word or "").strip()
         if not word or any(c.isspace() for c in word):
             raise ValueError(f"pseudo_word must be one word, got {pseudo_word!r}")
@@ -313,11 +328,7 @@ class FP_TrainWPlusAdapter(TrainingNode):
                            "1,000,000 steps at batch 16 (24 h + 96 h on 8 GPUs: use mode 'export job only' and "
                            "accelerate); short: the same recipe for 2000 steps (not from the paper); custom: the "
                            "values below."}),
-                "steps": ("INT", {"default": 2000, "min": 1, "max": 10000000, "tooltip": "Optimiser steps (custom preset only)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
-                                            "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
-                "batch_size": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "Images per step (custom "
-                                       "preset only; official 16 per GPU). Split into micro-batches by grad_accum."}),
+                **_custom_inputs(2000, 10000000, 16, 256, "official 16 per GPU"),
                 "caption": ("STRING", {"default": "a photo of a person", "tooltip": "Stage II: the caption of photos "
                                        "without a <photo>.txt file (one caption per line in it). Stage I uses the "
                                        "official templates ('a photo of a face', ...)."}),
@@ -344,10 +355,8 @@ class FP_TrainWPlusAdapter(TrainingNode):
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
         n_stage = STAGES[stage]
-        if preset in self.PRESETS:
-            steps, learning_rate, batch_size = (self.PRESETS[preset][k] for k in ("steps", "learning_rate", "batch_size"))
-        if batch_size % grad_accum:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+        steps, learning_rate, batch_size = _preset_values(self.PRESETS, preset, steps, learning_rate, batch_size,
+                                                          grad_accum)
         ckpt, family = _base(ckpt_name, "W+ Adapter")
         out_dir = paths.model_dir("wplus")
         manager = JobManager.get()
