@@ -187,7 +187,8 @@ def job_inputs(precision_tip, checkpoint_every=100, checkpoint_max=100000, check
 
 def submit_job(manager, spec, job_dir, mode, pause_while_generating, out_path):
     """The end of every training node: queue the job (mode 'run') or only write its folder for the accelerate
-    command (mode 'export job only'); the node's output."""
+    command (mode 'export job only'); the node's output (``ui.job_id``: how the canvas progress bar,
+    web/js/training/node_progress.js, finds the node's job)."""
     cmd = command_line(job_dir)
     if mode == "run":
         manager.submit(spec, job_dir, pause_while_generating)
@@ -199,7 +200,7 @@ def submit_job(manager, spec, job_dir, mode, pause_while_generating, out_path):
                               name=spec.name, message="exported; run the command or resume it here")
         msg = f"job folder {job_dir} written; run: {cmd}"
     job = {"job_id": spec.job_id, "method": spec.method, "name": spec.name, "job_dir": job_dir}
-    return {"ui": {"text": [msg]}, "result": (job, spec.job_id, out_path, cmd)}
+    return {"ui": {"text": [msg], "job_id": [spec.job_id]}, "result": (job, spec.job_id, out_path, cmd)}
 
 
 class FP_TrainCrossInit(TrainingNode):
@@ -313,10 +314,8 @@ class FP_TrainCrossInit(TrainingNode):
                        checkpoint_every=checkpoint_every, preview_every=preview_every, output_dirs=out_dirs,
                        face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "", comfyui_path=comfyui_root(),
                        base_overrides=overrides, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        out = submit_job(manager, spec, job_dir, mode, pause_while_generating,
-                         os.path.join(out_dirs["crossinit"], name, "learned_embeds.bin"))
-        out["ui"]["job_id"] = [job_id]
-        return out
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating,
+                          os.path.join(out_dirs["crossinit"], name, "learned_embeds.bin"))
 
 
 class FP_TrainingResult:
