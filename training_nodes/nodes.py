@@ -293,8 +293,9 @@ class FP_TrainCrossInit(TrainingNode):
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in models/checkpoints")
         family = check_crossinit_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"crossinit": paths.model_dir("crossinit"), "embeddings": folder_paths.get_folder_paths("embeddings")[0]}
-        name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()),
-                                        os.path.join(out_dirs["embeddings"], name.strip() + ".safetensors")],
+        emb = os.path.join(out_dirs["embeddings"], name.strip())
+        name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()), emb + ".safetensors",
+                                        emb + ".json"],
                                  manager.reserved_names("crossinit"))
         crops = face_crops(gather_photos(images, photo_folder), face_analysis, resolution, if_no_face)
         job_id, job_dir = manager.new_job_dir("crossinit")

@@ -195,7 +195,8 @@ class FP_TrainPersonaMagic(TrainingNode):
         family = check_personamagic_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"personamagic": paths.model_dir("personamagic")}
         manager = JobManager.get()
-        name = check_output_name(name, [os.path.join(out_dirs["personamagic"], name.strip() + ".safetensors")],
+        stem = os.path.join(out_dirs["personamagic"], name.strip())
+        name = check_output_name(name, [stem + ".safetensors", stem + ".json"],
                                  manager.reserved_names("personamagic"))
         items = prepare_photos(gather_photos(images, photo_folder), face_analysis, resolution, framing, mask_source,
                                masks, if_no_face)

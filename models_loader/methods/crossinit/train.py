@@ -278,7 +278,7 @@ def export_files(vectors, trigger, name, meta, output_dirs):
     import safetensors.torch
 
     (ci_dir,) = jobfiles.fresh_output_paths(output_dirs["crossinit"], name, ("",))  # a folder: <name>/
-    (emb_path,) = jobfiles.fresh_output_paths(output_dirs["embeddings"], name, (".safetensors",))
+    emb_path, emb_meta = jobfiles.fresh_output_paths(output_dirs["embeddings"], name, (".safetensors", ".json"))
     os.makedirs(ci_dir)
     bin_path = os.path.join(ci_dir, "learned_embeds.bin")
     torch.save(official_state(vectors, trigger), bin_path)
@@ -292,7 +292,7 @@ def export_files(vectors, trigger, name, meta, output_dirs):
           else {k: v.contiguous() for k, v in vectors.items()})
     safetensors.torch.save_file(sd, emb_path, metadata=dict(meta_text, trigger_word=trigger,
                                                              format="face-personalization identity embedding"))
-    with open(os.path.splitext(emb_path)[0] + ".json", "w", encoding="utf-8") as f:
+    with open(emb_meta, "w", encoding="utf-8") as f:
         json.dump(dict(meta, trigger_word=trigger), f, indent=1)
     return [
         {"path": bin_path, "folder": "crossinit", "name": f"{name}/learned_embeds.bin", "kind": "official"},
