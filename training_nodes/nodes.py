@@ -85,23 +85,29 @@ def gather_photos(images, photo_folder):
     return out
 
 
+def largest_faces(photos, face_analysis, if_no_face):
+    """[(label, image, FaceBundle of its largest face)] of the photos with a face; a photo without one stops with
+    an error naming it, or is left out (``if_no_face`` 'skip'); no face at all is an error."""
+    from ..models_loader.face.detect import detect_faces
+
+    out = []
+    for label, img in photos:
+        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
+        if bundle.faces:
+            out.append((label, img, bundle))
+        elif if_no_face != "skip":
+            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
+    if not out:
+        raise ValueError(f"no face found in any of the {len(photos)} photos")
+    return out
+
+
 def face_crops(photos, face_analysis, size, if_no_face):
     """FFHQ-aligned face crops [size, size, 3] with the pack's face pipeline; labels kept for errors."""
     from ..models_loader.face.align import align_faces
-    from ..models_loader.face.detect import detect_faces
 
-    crops = []
-    for label, img in photos:
-        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
-        if not bundle.faces:
-            if if_no_face == "skip":
-                continue
-            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
-        crop, _ = align_faces(img[None], bundle, "ffhq", size)
-        crops.append((label, crop[0]))
-    if not crops:
-        raise ValueError(f"no face found in any of the {len(photos)} photos")
-    return crops
+    return [(label, align_faces(img[None], bundle, "ffhq", size)[0][0])
+            for label, img, bundle in largest_faces(photos, face_analysis, if_no_face)]
 
 
 def save_png(img, path):
@@ -128,7 +134,76 @@ def command_line(job_dir):
     return f"accelerate launch {shlex.quote(ENTRYPOINT)} --job {shlex.quote(job_dir)}"
 
 
-class FP_TrainCrossInit:
+class TrainingNode:
+    """What every training node (FP_Train*) shares: an output node in the training category whose ``execute``
+    returns the job (for FP_TrainingResult), its id, the file it will write and the accelerate command."""
+    CATEGORY = CATEGORY
+    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
+    RETURN_NAMES = ("job", "job_id", "output_path", "command")
+    FUNCTION = "execute"
+    OUTPUT_NODE = True
+
+
+def ckpt_input(tooltip):
+    """The ``ckpt_name`` input of a training node: a file of models/checkpoints."""
+    return (_checkpoints(), {"tooltip": tooltip})
+
+
+def face_analysis_input(tooltip):
+    """The ``face_analysis`` input of a training node: the pack's face detector (or a compatible one)."""
+    return (_FACE_TYPES, {"tooltip": tooltip})
+
+
+_CHECKPOINTING_TIP = "Recompute activations in the backward pass: much less memory, ~30% slower."
+_MODE_TIP = "run: queue the job here. export: only write the job folder and output the accelerate command for {where}."
+
+
+def job_inputs(precision_tip, checkpoint_every=100, checkpoint_max=100000, checkpointing_tip=_CHECKPOINTING_TIP,
+               cache_latents_tip=None, preview_tip=None, mode_where="another machine"):
+    """The job-engine inputs every training node ends its required inputs with, in this order: seed, precision,
+    gradient_checkpointing, [cache_latents], checkpoint_every, [preview_every], if_no_face, pause_while_generating,
+    mode (the bracketed ones when their tooltip is given)."""
+    out = {
+        "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of all training randomness "
+                         "(same seed = same result, also after resume)."}),
+        "precision": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": precision_tip}),
+        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": checkpointing_tip}),
+    }
+    if cache_latents_tip:
+        out["cache_latents"] = ("BOOLEAN", {"default": True, "tooltip": cache_latents_tip})
+    out["checkpoint_every"] = ("INT", {"default": checkpoint_every, "min": 1, "max": checkpoint_max, "tooltip":
+                                       "Save a resumable checkpoint every N steps (and always on cancel)."})
+    if preview_tip:
+        out["preview_every"] = ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": preview_tip})
+    out.update({
+        "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "A photo without a face: stop with an "
+                       "error naming it, or leave it out."}),
+        "pause_while_generating": ("BOOLEAN", {"default": True, "tooltip": "Pause training between steps while "
+                                   "ComfyUI runs a prompt, so interactive generation gets the GPU first."}),
+        "mode": (["run", "export job only"], {"default": "run", "tooltip": _MODE_TIP.format(where=mode_where)}),
+    })
+    return out
+
+
+def submit_job(manager, spec, job_dir, mode, pause_while_generating, out_path):
+    """The end of every training node: queue the job (mode 'run') or only write its folder for the accelerate
+    command (mode 'export job only'); the node's output (``ui.job_id``: how the canvas progress bar,
+    web/js/training/node_progress.js, finds the node's job)."""
+    cmd = command_line(job_dir)
+    if mode == "run":
+        manager.submit(spec, job_dir, pause_while_generating)
+        msg = f"training job {spec.job_id} queued ({spec.steps} steps); folder {job_dir}"
+    else:
+        spec.validate()
+        spec.save(job_dir)
+        jobfiles.write_status(job_dir, status="resumable", step=0, total=spec.steps, method=spec.method,
+                              name=spec.name, message="exported; run the command or resume it here")
+        msg = f"job folder {job_dir} written; run: {cmd}"
+    job = {"job_id": spec.job_id, "method": spec.method, "name": spec.name, "job_dir": job_dir}
+    return {"ui": {"text": [msg], "job_id": [spec.job_id]}, "result": (job, spec.job_id, out_path, cmd)}
+
+
+class FP_TrainCrossInit(TrainingNode):
     DESCRIPTION = ("Trains a Cross Initialization identity (CVPR 2024) from your photos in a background job and "
                    "returns at once: ComfyUI keeps running other prompts meanwhile. The official recipe: two tokens "
                    "initialised by Cross Initialization, AdamW on them only, ε-MSE + 1e-5 · distance to the init, "
@@ -136,21 +211,16 @@ class FP_TrainCrossInit:
                    "learned_embeds.bin (official) and models/embeddings/<name>.safetensors (embedding:<name>). "
                    "Trains on the checkpoint you pick; connect the graph's MODEL/CLIP (after LoRA loaders) to train "
                    "on what you see: their LoRA/merge weights are baked into the base it trains on.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": "Base checkpoint to train on (SD 2.1-base is the official "
-                                               "one; SD1.x and SDXL work too). The file's own weights are used."}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": "Face detector (FP_FaceAnalysisLoader or the offline "
-                                                "detector): each photo is cropped and aligned to its face. With "
-                                                "a recognition model (antelopev2/buffalo_l) previews get an ID score."}),
+                "ckpt_name": ckpt_input("Base checkpoint to train on (SD 2.1-base is the official one; SD1.x and "
+                                        "SDXL work too). The file's own weights are used."),
+                "face_analysis": face_analysis_input("Face detector (FP_FaceAnalysisLoader or the offline detector): "
+                                                     "each photo is cropped and aligned to its face. With a "
+                                                     "recognition model (antelopev2/buffalo_l) previews get an ID score."),
                 "name": ("STRING", {"default": "my_face", "tooltip": "Output name: models/crossinit/<name>/ and "
                                     "models/embeddings/<name>.safetensors. Must not exist yet."}),
                 "trigger_word": ("STRING", {"default": "<face>", "tooltip": "Word that stands for the identity in "
@@ -167,21 +237,11 @@ class FP_TrainCrossInit:
                                        "batch_size/grad_accum images go through the model at once (less memory, "
                                        "same result). 8/4 = 2 per pass fits a 12 GB GPU at 512 px."}),
                 "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64, "tooltip": "Training image size (official 512)."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of all training randomness (same seed = same result, also after resume)."}),
-                "precision": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": "Autocast precision of the "
-                              "forward pass; the trained tokens stay fp32. Official: fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the "
-                                           "backward pass: much less memory, ~30% slower."}),
-                "cache_latents": ("BOOLEAN", {"default": True, "tooltip": "Encode each photo with the VAE once "
-                                  "(the posterior is still sampled every step, as officially)."}),
-                "checkpoint_every": ("INT", {"default": 50, "min": 1, "max": 100000, "tooltip": "Save a resumable checkpoint every N steps (and always on cancel)."}),
-                "preview_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Generate a preview (and "
-                                  "its ID score) every N steps; 0 = no previews."}),
-                "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "A photo without a face: stop with an error naming it, or leave it out."}),
-                "pause_while_generating": ("BOOLEAN", {"default": True, "tooltip": "Pause training between steps "
-                                           "while ComfyUI runs a prompt, so interactive generation gets the GPU first."}),
-                "mode": (["run", "export job only"], {"default": "run", "tooltip": "run: queue the job here. export: "
-                         "only write the job folder and output the accelerate command for another machine."}),
+                **job_inputs("Autocast precision of the forward pass; the trained tokens stay fp32. Official: fp32.",
+                             checkpoint_every=50,
+                             cache_latents_tip="Encode each photo with the VAE once (the posterior is still sampled "
+                                               "every step, as officially).",
+                             preview_tip="Generate a preview (and its ID score) every N steps; 0 = no previews."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Training photos (one or more, one identity)."}),
@@ -233,8 +293,9 @@ class FP_TrainCrossInit:
             raise FileNotFoundError(f"checkpoint {ckpt_name!r} not found in models/checkpoints")
         family = check_crossinit_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"crossinit": paths.model_dir("crossinit"), "embeddings": folder_paths.get_folder_paths("embeddings")[0]}
-        name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()),
-                                        os.path.join(out_dirs["embeddings"], name.strip() + ".safetensors")],
+        emb = os.path.join(out_dirs["embeddings"], name.strip())
+        name = check_output_name(name, [os.path.join(out_dirs["crossinit"], name.strip()), emb + ".safetensors",
+                                        emb + ".json"],
                                  manager.reserved_names("crossinit"))
         crops = face_crops(gather_photos(images, photo_folder), face_analysis, resolution, if_no_face)
         job_id, job_dir = manager.new_job_dir("crossinit")
@@ -254,19 +315,8 @@ class FP_TrainCrossInit:
                        checkpoint_every=checkpoint_every, preview_every=preview_every, output_dirs=out_dirs,
                        face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "", comfyui_path=comfyui_root(),
                        base_overrides=overrides, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        out_path = os.path.join(out_dirs["crossinit"], name, "learned_embeds.bin")
-        cmd = command_line(job_dir)
-        if mode == "run":
-            manager.submit(spec, job_dir, pause_while_generating)
-            msg = f"training job {job_id} queued ({steps} steps); folder {job_dir}"
-        else:
-            spec.validate()
-            spec.save(job_dir)
-            jobfiles.write_status(job_dir, status="resumable", step=0, total=spec.steps, method="crossinit", name=name,
-                                  message="exported; run the command or resume it here")
-            msg = f"job folder {job_dir} written; run: {cmd}"
-        job = {"job_id": job_id, "method": "crossinit", "name": name, "job_dir": job_dir}
-        return {"ui": {"text": [msg], "job_id": [job_id]}, "result": (job, job_id, out_path, cmd)}
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating,
+                          os.path.join(out_dirs["crossinit"], name, "learned_embeds.bin"))
 
 
 class FP_TrainingResult:

@@ -7,8 +7,8 @@ import torch
 
 from ..models_loader.training import jobfiles
 from ..models_loader.training.spec import JobSpec
-from .nodes import (CATEGORY, JOB, _FACE_TYPES, _checkpoints, check_output_name, command_line, detect_family,
-                    face_crops, gather_photos, save_png)
+from .nodes import (TrainingNode, check_output_name, ckpt_input, detect_family, face_analysis_input, face_crops,
+                    gather_photos, job_inputs, save_png, submit_job)
 
 FRAMINGS = ["whole photo (official)", "face crop"]
 MASK_SOURCES = ["face pipeline", "mask input / <photo>_mask.png"]
@@ -118,7 +118,7 @@ def image_embeddings(clip_vision, images, resolution):
     return emb
 
 
-class FP_TrainPersonaMagic:
+class FP_TrainPersonaMagic(TrainingNode):
     DESCRIPTION = ("Trains a PersonaMagic mapper (AAAI 2025) from photos of one person in a background job and "
                    "returns at once: ComfyUI keeps running other prompts meanwhile. The official recipe "
                    "(training/coach_2.py): the timestep mapper and its image bypass head are trained with a "
@@ -126,22 +126,17 @@ class FP_TrainPersonaMagic:
                    "bypass dropped half of the time, 1000 steps, batch 1 x 2 accumulation, AdamW lr 1e-4. Writes "
                    "models/personamagic/<name>.safetensors (Load PersonaMagic Mapper / Stage-Regulated TI). "
                    "Trains on the checkpoint file you pick (its weights as saved, without LoRAs of this graph).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": "Base SD1.x checkpoint to train on (the official one is "
-                                               "dreamlike-photoreal-2.0). The file's own weights are used."}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": "Face detector (FP_FaceAnalysisLoader or the offline "
-                                                "detector): checks every photo shows a face, makes the face masks "
-                                                "(face pipeline) and face crops; with a recognition model previews "
-                                                "get an ID score."}),
+                "ckpt_name": ckpt_input("Base SD1.x checkpoint to train on (the official one is "
+                                        "dreamlike-photoreal-2.0). The file's own weights are used."),
+                "face_analysis": face_analysis_input("Face detector (FP_FaceAnalysisLoader or the offline detector): "
+                                                     "checks every photo shows a face, makes the face masks (face "
+                                                     "pipeline) and face crops; with a recognition model previews get "
+                                                     "an ID score."),
                 "clip_vision": ("CLIP_VISION", {"tooltip": "OpenAI CLIP ViT-B/32 (Load CLIP Vision): its 512-d "
                                                 "image embedding of each training photo feeds the bypass head, "
                                                 "as in the official training."}),
@@ -164,22 +159,11 @@ class FP_TrainPersonaMagic:
                                 "<photo>_mask.png / mask/<photo> file beside folder photos; white = face)."}),
                 "class_word": ("STRING", {"default": "face", "tooltip": "Class word the tokens start from and are "
                                "normalised to (official 'face'); one CLIP token."}),
-                "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of all training "
-                         "randomness (same seed = same result, also after resume)."}),
-                "precision": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": "Autocast precision of the "
-                              "forward pass; the mapper stays fp32. Official: fp32."}),
-                "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute UNet activations in "
-                                           "the backward pass: much less memory, ~30% slower."}),
-                "checkpoint_every": ("INT", {"default": 100, "min": 1, "max": 100000, "tooltip": "Save a resumable "
-                                     "checkpoint every N steps (and always on cancel)."}),
-                "preview_every": ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": "Generate a preview with "
-                                  "Stage-Regulated TI (and its ID score) every N steps; 0 = no previews."}),
-                "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "A photo without a face: stop with "
-                               "an error naming it, or leave it out."}),
-                "pause_while_generating": ("BOOLEAN", {"default": True, "tooltip": "Pause training between steps "
-                                           "while ComfyUI runs a prompt, so interactive generation gets the GPU first."}),
-                "mode": (["run", "export job only"], {"default": "run", "tooltip": "run: queue the job here. export: "
-                         "only write the job folder and output the accelerate command for another machine."}),
+                **job_inputs("Autocast precision of the forward pass; the mapper stays fp32. Official: fp32.",
+                             checkpointing_tip="Recompute UNet activations in the backward pass: much less memory, "
+                                               "~30% slower.",
+                             preview_tip="Generate a preview with Stage-Regulated TI (and its ID score) every N "
+                                         "steps; 0 = no previews."),
             },
             "optional": {
                 "images": ("IMAGE", {"tooltip": "Training photos of one person (the official example uses one)."}),
@@ -211,7 +195,8 @@ class FP_TrainPersonaMagic:
         family = check_personamagic_family(detect_family(ckpt), ckpt_name)
         out_dirs = {"personamagic": paths.model_dir("personamagic")}
         manager = JobManager.get()
-        name = check_output_name(name, [os.path.join(out_dirs["personamagic"], name.strip() + ".safetensors")],
+        stem = os.path.join(out_dirs["personamagic"], name.strip())
+        name = check_output_name(name, [stem + ".safetensors", stem + ".json"],
                                  manager.reserved_names("personamagic"))
         items = prepare_photos(gather_photos(images, photo_folder), face_analysis, resolution, framing, mask_source,
                                masks, if_no_face)
@@ -237,19 +222,8 @@ class FP_TrainPersonaMagic:
                        checkpoint_every=checkpoint_every, preview_every=preview_every, output_dirs=out_dirs,
                        face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "", comfyui_path=comfyui_root(),
                        created=time.strftime("%Y-%m-%dT%H:%M:%S"))
-        out_path = os.path.join(out_dirs["personamagic"], name + ".safetensors")
-        cmd = command_line(job_dir)
-        if mode == "run":
-            manager.submit(spec, job_dir, pause_while_generating)
-            msg = f"training job {job_id} queued ({steps} steps); folder {job_dir}"
-        else:
-            spec.validate()
-            spec.save(job_dir)
-            jobfiles.write_status(job_dir, status="resumable", step=0, total=spec.steps, method="personamagic",
-                                  name=name, message="exported; run the command or resume it here")
-            msg = f"job folder {job_dir} written; run: {cmd}"
-        job = {"job_id": job_id, "method": "personamagic", "name": name, "job_dir": job_dir}
-        return {"ui": {"text": [msg]}, "result": (job, job_id, out_path, cmd)}
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating,
+                          os.path.join(out_dirs["personamagic"], name + ".safetensors"))
 
 
 NODE_CLASS_MAPPINGS = {"FP_TrainPersonaMagic": FP_TrainPersonaMagic}

@@ -12,8 +12,8 @@ import torch
 
 from ..models_loader.training import jobfiles
 from ..models_loader.training.spec import JobSpec
-from .nodes import (CATEGORY, JOB, _FACE_TYPES, _checkpoints, check_output_name, command_line, detect_family,
-                    face_crops, gather_photos, save_png)
+from .nodes import (TrainingNode, check_output_name, ckpt_input, detect_family, face_analysis_input, face_crops,
+                    gather_photos, job_inputs, largest_faces, save_png, submit_job)
 
 FROM_UNET = "(none: copy the UNet's own attention)"
 E4E_SIZE = 256
@@ -118,16 +118,10 @@ def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption
     ``default_caption``; mask: ``<photo>_mask.png`` beside it (e.g. a face-parsing mask, as the official data), else
     the pack's landmark face mask."""
     from ..models_loader.face.align import align_faces
-    from ..models_loader.face.detect import detect_faces
     from ..models_loader.face.mask import face_mask
 
     out = []
-    for label, img in photos:
-        bundle = detect_faces(img[None], face_analysis, "largest", if_no_face="skip", embed=False)
-        if not bundle.faces:
-            if if_no_face == "skip":
-                continue
-            raise ValueError(f"no face found in {label}; use a photo that shows a face, or set if_no_face to 'skip'")
+    for label, img, bundle in largest_faces(photos, face_analysis, if_no_face):
         crop, _ = align_faces(img[None], bundle, "ffhq", 512)
         stem = os.path.splitext(label)[0]
         mask = _side_file_mask(stem, img.shape[:2])
@@ -135,8 +129,6 @@ def wild_examples(photos, face_analysis, resolution, if_no_face, default_caption
             mask = face_mask(bundle)[0]
         picture, picture_mask = _square_around(img, mask, bundle.faces[0].bbox.view(2, 2).mean(0).tolist(), resolution)
         out.append((label, picture, picture_mask, crop[0], _captions(stem, default_caption)))
-    if not out:
-        raise ValueError(f"no face found in any of the {len(photos)} photos")
     return out
 
 
@@ -173,42 +165,36 @@ def _save_images(job_dir, images, sub, prefix):
     return rels
 
 
-def _finish(manager, spec, job_dir, mode, pause_while_generating, out_path):
-    cmd = command_line(job_dir)
-    if mode == "run":
-        manager.submit(spec, job_dir, pause_while_generating)
-        msg = f"training job {spec.job_id} queued ({spec.steps} steps); folder {job_dir}"
-    else:
-        spec.validate()
-        spec.save(job_dir)
-        jobfiles.write_status(job_dir, status="resumable", step=0, total=spec.steps, method=spec.method,
-                              name=spec.name, message="exported; run the command or resume it here")
-        msg = f"job folder {job_dir} written; run: {cmd}"
-    job = {"job_id": spec.job_id, "method": spec.method, "name": spec.name, "job_dir": job_dir}
-    return {"ui": {"text": [msg]}, "result": (job, spec.job_id, out_path, cmd)}
-
-
 def _engine_inputs(precision_tip):
-    """The job-engine options every residual-attention training node shows."""
+    """The job-engine options every residual-attention training node shows (after its own inputs)."""
     return {
         "grad_accum": ("INT", {"default": 2, "min": 1, "max": 64, "tooltip": "Micro-batches per step: batch_size/"
                                "grad_accum images go through the model at once (less memory, same result)."}),
         "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64,
                                "tooltip": "Training image size in pixels (official 512)."}),
-        "seed": ("INT", {"default": 0, "min": 0, "max": 2 ** 31 - 1, "tooltip": "Seed of all training randomness "
-                         "(same seed = same result, also after resume)."}),
-        "precision": (["fp32", "bf16", "fp16"], {"default": "fp32", "tooltip": precision_tip}),
-        "gradient_checkpointing": ("BOOLEAN", {"default": True, "tooltip": "Recompute activations in the backward "
-                                   "pass: much less memory, ~30% slower."}),
-        "checkpoint_every": ("INT", {"default": 100, "min": 1, "max": 1000000, "tooltip": "Save a resumable "
-                                     "checkpoint every N steps (and always on cancel)."}),
-        "if_no_face": (["error", "skip"], {"default": "error", "tooltip": "A photo without a face: stop with an "
-                       "error naming it, or leave it out."}),
-        "pause_while_generating": ("BOOLEAN", {"default": True, "tooltip": "Pause training between steps while "
-                                   "ComfyUI runs a prompt, so interactive generation gets the GPU first."}),
-        "mode": (["run", "export job only"], {"default": "run", "tooltip": "run: queue the job here. export: only "
-                 "write the job folder and output the accelerate command for another machine or a cluster."}),
+        **job_inputs(precision_tip, checkpoint_max=1000000, mode_where="another machine or a cluster"),
     }
+
+
+def _custom_inputs(steps, steps_max, batch_size, batch_max, batch_source):
+    """steps, learning_rate, batch_size: what the 'custom' preset trains with."""
+    return {
+        "steps": ("INT", {"default": steps, "min": 1, "max": steps_max, "tooltip": "Optimiser steps (custom preset only)."}),
+        "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
+                                    "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
+        "batch_size": ("INT", {"default": batch_size, "min": 1, "max": batch_max, "tooltip": "Images per step (custom "
+                               f"preset only; {batch_source}). Split into micro-batches by grad_accum."}),
+    }
+
+
+def _preset_values(presets, preset, steps, learning_rate, batch_size, grad_accum):
+    """(steps, learning_rate, batch_size): the preset's, or the inputs' for 'custom'; batch_size must split into
+    grad_accum micro-batches."""
+    if preset in presets:
+        steps, learning_rate, batch_size = (presets[preset][k] for k in ("steps", "learning_rate", "batch_size"))
+    if batch_size % grad_accum:
+        raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+    return steps, learning_rate, batch_size
 
 
 _CKPT_TIP = ("Base checkpoint to train on ({official}; SD2.x and SDXL work too). The file's own weights are used "
@@ -221,26 +207,21 @@ _FOLDER_TIP = ("Folder of photos (inside ComfyUI's input folder, or an absolute 
                "images. Files with '_mask' in the name are not used as photos.")
 
 
-class FP_TrainPIDiff:
+class FP_TrainPIDiff(TrainingNode):
     DESCRIPTION = ("Fine-tunes PIDiff (its mapping network and the query/key/value projections of its style "
                    "cross-attention) on photos of one person in a background job and returns at once. The paper's recipe: "
                    "projections start from the UNet's own q/k/v (or a W+ Adapter file), random templates "
                    "'an image of <word>', noise on the W+ code, text dropped 30 % / face dropped 50 % of the time, "
                    "AdamW lr 1e-4, weight decay 0.01, batch 4, 600 steps, 6+ photos. Writes models/pidiff/<name>"
                    ".safetensors (loads in Load PIDiff; generate at strength 0.4).")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
     PRESETS = {"paper": {"steps": 600, "learning_rate": 1e-4, "batch_size": 4}}
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": _CKPT_TIP.format(official="official: SD 1.5")}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": _FA_TIP}),
+                "ckpt_name": ckpt_input(_CKPT_TIP.format(official="official: SD 1.5")),
+                "face_analysis": face_analysis_input(_FA_TIP),
                 "e4e": ("E4E_ENCODER", {"tooltip": _E4E_TIP}),
                 "name": ("STRING", {"default": "my_pidiff", "tooltip": "Output name: models/pidiff/<name>.safetensors "
                                     "(and .json with what it was trained on). Must not exist yet."}),
@@ -251,11 +232,7 @@ class FP_TrainPIDiff:
                               "models/wplus (e.g. the official wplus_adapter.bin: a good start)."}),
                 "preset": (["paper", "custom"], {"default": "paper", "tooltip": "paper: 600 steps, lr 1e-4, batch 4 "
                            "(fewer steps under-fit, more over-fit, paper Table 3); custom: the values below."}),
-                "steps": ("INT", {"default": 600, "min": 1, "max": 1000000, "tooltip": "Optimiser steps (custom preset only)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
-                                            "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
-                "batch_size": ("INT", {"default": 4, "min": 1, "max": 64, "tooltip": "Images per step (custom preset "
-                                       "only; paper 4). Split into micro-batches by grad_accum."}),
+                **_custom_inputs(600, 1000000, 4, 64, "paper 4"),
                 "drop_text": ("FLOAT", {"default": 0.3, "min": 0.0, "max": 1.0, "step": 0.05,
                                         "tooltip": "How often the prompt is left empty during training (paper 0.3)."}),
                 "drop_face": ("FLOAT", {"default": 0.5, "min": 0.0, "max": 1.0, "step": 0.05,
@@ -281,10 +258,8 @@ class FP_TrainPIDiff:
         from ..models_loader.methods.pidiff import train as pt
         from .jobs import JobManager, comfyui_root
 
-        if preset in self.PRESETS:
-            steps, learning_rate, batch_size = (self.PRESETS[preset][k] for k in ("steps", "learning_rate", "batch_size"))
-        if batch_size % grad_accum:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+        steps, learning_rate, batch_size = _preset_values(self.PRESETS, preset, steps, learning_rate, batch_size,
+                                                          grad_accum)
         word = (pseudo_word or "").strip()
         if not word or any(c.isspace() for c in word):
             raise ValueError(f"pseudo_word must be one word, got {pseudo_word!r}")
@@ -305,7 +280,7 @@ class FP_TrainPIDiff:
         spec = make_spec(job_id, "pidiff", name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size,
                          grad_accum, learning_rate, resolution, precision, gradient_checkpointing, checkpoint_every,
                          {"pidiff": out_dir}, face_analysis, comfyui_root())
-        return _finish(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
 
 
 def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size, grad_accum, lr,
@@ -323,18 +298,13 @@ def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, ste
 STAGES = {"Stage I (faces)": 1, "Stage II (in the wild)": 2}
 
 
-class FP_TrainWPlusAdapter:
+class FP_TrainWPlusAdapter(TrainingNode):
     DESCRIPTION = ("Trains the W+ Adapter (CVPR 2024) in a background job and returns at once. Stage I (faces, "
                    "train_face.py): w_proj + the residual cross-attention from aligned face photos, plain noise-"
                    "prediction loss. Stage II (in the wild, train_wild.py): starts from a Stage I file, w_proj frozen, "
                    "loss + 2.0 x disentangle (background kept apart from the face, with disturbed W+ codes) + 1.0 x "
                    "preserve, from an image folder with captions (<photo>.txt). AdamW lr 1e-4, weight decay 0.01, "
                    "batch 16, drop rates 0.05. Writes models/wplus/<name>.bin (official layout) + .safetensors.")
-    CATEGORY = CATEGORY
-    RETURN_TYPES = (JOB, "STRING", "STRING", "STRING")
-    RETURN_NAMES = ("job", "job_id", "output_path", "command")
-    FUNCTION = "execute"
-    OUTPUT_NODE = True
     PRESETS = {"official": {"steps": 1_000_000, "learning_rate": 1e-4, "batch_size": 16},
                "short": {"steps": 2000, "learning_rate": 1e-4, "batch_size": 16}}
 
@@ -342,9 +312,9 @@ class FP_TrainWPlusAdapter:
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "ckpt_name": (_checkpoints(), {"tooltip": _CKPT_TIP.format(official="official: SD 1.5")}),
-                "face_analysis": (_FACE_TYPES, {"tooltip": _FA_TIP + " Stage II: also gives the face mask when a "
-                                                "photo has no <photo>_mask.png beside it."}),
+                "ckpt_name": ckpt_input(_CKPT_TIP.format(official="official: SD 1.5")),
+                "face_analysis": face_analysis_input(_FA_TIP + " Stage II: also gives the face mask when a photo has "
+                                                     "no <photo>_mask.png beside it."),
                 "e4e": ("E4E_ENCODER", {"tooltip": _E4E_TIP}),
                 "name": ("STRING", {"default": "my_wplus_adapter", "tooltip": "Output name: models/wplus/<name>.bin, "
                                     ".safetensors and .json. Must not exist yet."}),
@@ -358,11 +328,7 @@ class FP_TrainWPlusAdapter:
                            "1,000,000 steps at batch 16 (24 h + 96 h on 8 GPUs: use mode 'export job only' and "
                            "accelerate); short: the same recipe for 2000 steps (not from the paper); custom: the "
                            "values below."}),
-                "steps": ("INT", {"default": 2000, "min": 1, "max": 10000000, "tooltip": "Optimiser steps (custom preset only)."}),
-                "learning_rate": ("FLOAT", {"default": 1e-4, "min": 1e-8, "max": 1.0, "step": 1e-5,
-                                            "tooltip": "AdamW learning rate (custom preset only; weight decay 0.01)."}),
-                "batch_size": ("INT", {"default": 16, "min": 1, "max": 256, "tooltip": "Images per step (custom "
-                                       "preset only; official 16 per GPU). Split into micro-batches by grad_accum."}),
+                **_custom_inputs(2000, 10000000, 16, 256, "official 16 per GPU"),
                 "caption": ("STRING", {"default": "a photo of a person", "tooltip": "Stage II: the caption of photos "
                                        "without a <photo>.txt file (one caption per line in it). Stage I uses the "
                                        "official templates ('a photo of a face', ...)."}),
@@ -389,10 +355,8 @@ class FP_TrainWPlusAdapter:
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {list(STAGES)}, got {stage!r}")
         n_stage = STAGES[stage]
-        if preset in self.PRESETS:
-            steps, learning_rate, batch_size = (self.PRESETS[preset][k] for k in ("steps", "learning_rate", "batch_size"))
-        if batch_size % grad_accum:
-            raise ValueError(f"batch_size {batch_size} must be a multiple of grad_accum {grad_accum}")
+        steps, learning_rate, batch_size = _preset_values(self.PRESETS, preset, steps, learning_rate, batch_size,
+                                                          grad_accum)
         ckpt, family = _base(ckpt_name, "W+ Adapter")
         out_dir = paths.model_dir("wplus")
         manager = JobManager.get()
@@ -426,7 +390,7 @@ class FP_TrainWPlusAdapter:
         spec = make_spec(job_id, "wplus", name, ckpt, ckpt_name, family, photos, params, steps, seed, batch_size,
                          grad_accum, learning_rate, resolution, precision, gradient_checkpointing, checkpoint_every,
                          {"wplus": out_dir}, face_analysis, comfyui_root(), masks=mask_files)
-        return _finish(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
+        return submit_job(manager, spec, job_dir, mode, pause_while_generating, os.path.join(out_dir, name + ".safetensors"))
 
 
 NODE_CLASS_MAPPINGS = {"FP_TrainPIDiff": FP_TrainPIDiff, "FP_TrainWPlusAdapter": FP_TrainWPlusAdapter}

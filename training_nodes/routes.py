@@ -58,10 +58,14 @@ def register(routes, manager_factory):
     async def list_jobs(request, m):
         return web.json_response({"jobs": m.list()})
 
-    @routes.get(PREFIX + "/jobs/{job_id}")
-    @guarded
-    async def get_job(request, m):
-        return web.json_response(m.detail(request.match_info["job_id"]))
+    def job_route(add, path, action):
+        """``add(PREFIX + "/jobs/{job_id}" + path)``: the JSON of ``manager.<action>(job_id)``."""
+        @add(PREFIX + "/jobs/{job_id}" + path)
+        @guarded
+        async def handler(request, m):
+            return web.json_response(getattr(m, action)(request.match_info["job_id"]))
+
+    job_route(routes.get, "", "detail")
 
     @routes.get(PREFIX + "/jobs/{job_id}/files/{name}")
     @guarded
@@ -70,17 +74,6 @@ def register(routes, manager_factory):
         path = resolve_file(d, request.match_info["name"])
         return web.FileResponse(path)
 
-    @routes.post(PREFIX + "/jobs/{job_id}/cancel")
-    @guarded
-    async def cancel(request, m):
-        return web.json_response(m.cancel(request.match_info["job_id"]))
-
-    @routes.post(PREFIX + "/jobs/{job_id}/resume")
-    @guarded
-    async def resume(request, m):
-        return web.json_response(m.resume(request.match_info["job_id"]))
-
-    @routes.delete(PREFIX + "/jobs/{job_id}")
-    @guarded
-    async def delete(request, m):
-        return web.json_response(m.delete(request.match_info["job_id"]))
+    job_route(routes.post, "/cancel", "cancel")
+    job_route(routes.post, "/resume", "resume")
+    job_route(routes.delete, "", "delete")

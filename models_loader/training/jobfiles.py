@@ -11,6 +11,9 @@ Layout (``<jobs root>/<job id>/``)::
     previews/        step_000010.png ...
     checkpoints/     last.pt, best.pt  (torch.save; loads with weights_only=True)
     cancel, pause    flag files (present = requested); checked between optimiser steps
+
+The trained assets a method exports go elsewhere (``spec.output_dirs``); :func:`fresh_output_paths` and
+:func:`string_metadata` are the part of every export that is the same.
 """
 import json
 import os
@@ -149,3 +152,19 @@ def list_previews(job_dir):
     if not os.path.isdir(d):
         return []
     return sorted(f for f in os.listdir(d) if f.lower().endswith(".png"))
+
+
+def fresh_output_paths(out_dir, name, exts):
+    """``out_dir/<name><ext>`` for each of ``exts``, none of which may exist: training never overwrites a file
+    (``FileExistsError`` names the first that exists). Makes ``out_dir``."""
+    os.makedirs(out_dir, exist_ok=True)
+    paths = [os.path.join(out_dir, f"{name}{ext}") for ext in exts]
+    for p in paths:
+        if os.path.exists(p):
+            raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+    return paths
+
+
+def string_metadata(meta):
+    """safetensors metadata of an export: strings as they are, every other value as JSON."""
+    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}

@@ -100,3 +100,8 @@ def step_generator(seed: int, step: int, micro: int) -> torch.Generator:
 
 
 ADAMW_DEFAULTS = {"betas": (0.9, 0.999), "eps": 1e-8, "weight_decay": 1e-2}
+
+
+def adamw_config(lr, weight_decay=ADAMW_DEFAULTS["weight_decay"]):
+    """``optimizer_config()`` of a trainer: AdamW with this ``lr`` and weight decay, the default betas and eps."""
+    return {"lr": lr, "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"], "weight_decay": weight_decay}

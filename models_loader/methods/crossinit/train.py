@@ -22,8 +22,8 @@ import torch.nn.functional as F
 
 from ... import textspace
 from ...textspace import trigger as clip_tokens
-from ...training import diffusion
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training import diffusion, jobfiles
+from ...training.protocol import adamw_config
 from . import core
 
 RESULT_TYPE = "IDENTITY_EMBEDDING"
@@ -164,7 +164,7 @@ class CrossInitTrainer:
         return self.params
 
     def optimizer_config(self):
-        return dict(ADAMW_DEFAULTS, lr=self.lr)
+        return adamw_config(self.lr)
 
     def prompt(self, template_index):
         return TEMPLATES[template_index].format(PHRASE.format(self.trigger))
@@ -277,26 +277,22 @@ def official_state(vectors, trigger):
 def export_files(vectors, trigger, name, meta, output_dirs):
     import safetensors.torch
 
-    ci_dir = os.path.join(output_dirs["crossinit"], name)
-    emb_path = os.path.join(output_dirs["embeddings"], name + ".safetensors")
-    for p in (ci_dir, emb_path):
-        if os.path.exists(p):
-            raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+    (ci_dir,) = jobfiles.fresh_output_paths(output_dirs["crossinit"], name, ("",))  # a folder: <name>/
+    emb_path, emb_meta = jobfiles.fresh_output_paths(output_dirs["embeddings"], name, (".safetensors", ".json"))
     os.makedirs(ci_dir)
     bin_path = os.path.join(ci_dir, "learned_embeds.bin")
     torch.save(official_state(vectors, trigger), bin_path)
     with open(os.path.join(ci_dir, "config.json"), "w", encoding="utf-8") as f:
         json.dump({"placeholder_token": trigger, "n_persudo_tokens": next(iter(vectors.values())).shape[0],
                    **{k: v for k, v in meta.items() if k in ("steps", "learning_rate", "params", "base_model")}}, f, indent=1)
-    meta_text = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in meta.items()}
+    meta_text = jobfiles.string_metadata(meta)
     with open(os.path.join(ci_dir, "metadata.json"), "w", encoding="utf-8") as f:
         json.dump(meta, f, indent=1)
-    os.makedirs(output_dirs["embeddings"], exist_ok=True)
     sd = ({"emb_params": next(iter(vectors.values())).contiguous()} if len(vectors) == 1
           else {k: v.contiguous() for k, v in vectors.items()})
     safetensors.torch.save_file(sd, emb_path, metadata=dict(meta_text, trigger_word=trigger,
                                                              format="face-personalization identity embedding"))
-    with open(os.path.splitext(emb_path)[0] + ".json", "w", encoding="utf-8") as f:
+    with open(emb_meta, "w", encoding="utf-8") as f:
         json.dump(dict(meta, trigger_word=trigger), f, indent=1)
     return [
         {"path": bin_path, "folder": "crossinit", "name": f"{name}/learned_embeds.bin", "kind": "official"},

@@ -32,8 +32,8 @@ import torch.nn.functional as F
 
 from ... import textspace
 from ...textspace import trigger as text_trigger
-from ...training import diffusion
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training import diffusion, jobfiles
+from ...training.protocol import adamw_config
 from .mapper import PersonaMagicMapper, anchor_weights, apply_bypass
 
 log = logging.getLogger(__name__)
@@ -177,8 +177,7 @@ class PersonaMagicTrainer:
         return dict(self.mapper.named_parameters())
 
     def optimizer_config(self):
-        return {"lr": self.lr, "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
-                "weight_decay": self.weight_decay}
+        return adamw_config(self.lr, self.weight_decay)
 
     def sample_inputs(self, step, micro, generator):
         g, b = generator, self.batch
@@ -299,14 +298,8 @@ class PersonaMagicTrainer:
     def export(self, name, meta):
         from .checkpoint import save_mapper
 
-        out_dir = self.output_dirs["personamagic"]
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"{name}.safetensors")
-        meta_path = os.path.join(out_dir, f"{name}.json")
-        for p in (path, meta_path):
-            if os.path.exists(p):
-                raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
-        md = {k: (v if isinstance(v, str) else json.dumps(v)) for k, v in (meta or {}).items()}
+        path, meta_path = jobfiles.fresh_output_paths(self.output_dirs["personamagic"], name, (".safetensors", ".json"))
+        md = jobfiles.string_metadata(meta)
         save_mapper(self.bundle(), path, metadata=md)
         with open(meta_path, "w", encoding="utf-8") as f:
             json.dump(dict(meta or {}), f, indent=1)

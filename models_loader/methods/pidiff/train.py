@@ -16,13 +16,11 @@ The training forward is the same as the W+ Adapter's (:mod:`..wplus.train`): Com
 callback of the shared residual cross-attention running the trainable modules.
 """
 import json
-import os
 
 import torch
 import torch.nn.functional as F
 
-from ...training import diffusion
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training import diffusion, jobfiles
 from ..wplus import train as wt
 
 TEMPLATES = ("an image of {}", "a cropped photo of {}", "a photo of {}", "a close-up photo of {}", "a portrait of {}",
@@ -31,7 +29,7 @@ OFFICIAL = {"steps": 600, "batch_size": 4, "lr": 1e-4, "weight_decay": 1e-2, "dr
             "wplus_noise": 0.05, "pseudo_word": "sks"}
 
 
-class PIDiffTrainer:
+class PIDiffTrainer(wt.ResidualTrainerBase):
     method = "pidiff"
 
     def __init__(self, model_patcher, clip, vae, pixels, wplus, init=None, batch_size=4, lr=1e-4, weight_decay=1e-2,
@@ -67,25 +65,15 @@ class PIDiffTrainer:
             out[f"sca.{n}.to_v.weight"] = layer.to_v_wplus.weight
         return out
 
-    def optimizer_config(self):
-        return {"lr": self.cfg["lr"], "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
-                "weight_decay": self.cfg["weight_decay"]}
-
     def sample_inputs(self, step, micro, generator):
-        g = generator
-        b = self.cfg["batch_size"]
-        c, h, w = self.source.shape
-        idx = torch.randint(0, self.wplus.shape[0], (b,), generator=g)
-        inp = {
-            "index": idx,
-            "vae_eps": torch.randn((b, c, h, w), generator=g),
-            "noise": torch.randn((b, c, h, w), generator=g),
-            "timesteps": torch.randint(0, self.acp.shape[0], (b,), generator=g),
-            "wplus": self.wplus[idx],
+        g, b = generator, self.cfg["batch_size"]
+        inp = self.first_draws(self.wplus.shape[0], g)
+        inp.update({
+            "wplus": self.wplus[inp["index"]],
             "wplus_noise": torch.randn((b, 18, 512), generator=g) * self.cfg["wplus_noise"],
             "drop_text": torch.rand((b,), generator=g, dtype=torch.float64) < self.cfg["drop_text"],
             "drop_wplus": torch.rand((b,), generator=g, dtype=torch.float64) < self.cfg["drop_visual"],
-        }
+        })
         texts = [self.templates[wt._randint(g, 0, len(self.templates) - 1)].format(self.cfg["pseudo_word"])
                  for _ in range(b)]
         inp["prompts"] = ["" if d else t for t, d in zip(texts, inp["drop_text"].tolist())]
@@ -93,12 +81,7 @@ class PIDiffTrainer:
 
     def loss_terms(self, inputs):
         dev = self.device
-        x0 = self.source.latents(inputs["index"], inputs["vae_eps"])
-        t = inputs["timesteps"].to(dev).long()
-        noise = inputs["noise"].to(dev)
-        x_t = diffusion.add_noise(self.acp, x0, noise, t)
-        target = diffusion.target(self.kind, self.acp, x0, noise, t)
-        ctx, y = self.prompts(inputs["prompts"])
+        x_t, t, target, ctx, y = self.noised(inputs)
         w = (inputs["wplus"] + inputs["wplus_noise"]).to(dev)
         w = torch.where(inputs["drop_wplus"].to(dev).view(-1, 1, 1), torch.zeros_like(w), w)
         self.holder.tokens = self.mapping(w)
@@ -115,14 +98,8 @@ class PIDiffTrainer:
 
         from .weights import FORMAT, FORMAT_VERSION, to_state_dict
 
-        out_dir = self.output_dirs["pidiff"]
-        os.makedirs(out_dir, exist_ok=True)
-        path = os.path.join(out_dir, f"{name}.safetensors")
-        meta_path = os.path.join(out_dir, f"{name}.json")
-        for p in (path, meta_path):
-            if os.path.exists(p):
-                raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
-        md = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+        path, meta_path = jobfiles.fresh_output_paths(self.output_dirs["pidiff"], name, (".safetensors", ".json"))
+        md = jobfiles.string_metadata(meta)
         md.update({"format": FORMAT, "format_version": FORMAT_VERSION, "lambda": "0.4",
                    "base_model": str((meta or {}).get("base_model", ""))})
         save_file(to_state_dict(self.weights()), path, metadata=md)

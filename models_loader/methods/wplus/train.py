@@ -26,8 +26,8 @@ import torch
 import torch.nn.functional as F
 
 from ... import patch_engine
-from ...training import diffusion
-from ...training.protocol import ADAMW_DEFAULTS
+from ...training import diffusion, jobfiles
+from ...training.protocol import adamw_config
 
 # ----------------------------------------------------------------------------------------------
 # pieces shared by the residual-attention trainers (W+ Adapter, PIDiff); diffusion math: training.diffusion
@@ -361,7 +361,40 @@ def draw_drops(u, p_w, p_t, p_both):
     return drop_w, drop_t
 
 
-class WPlusAdapterTrainer:
+class ResidualTrainerBase:
+    """What the W+ Adapter's and PIDiff's trainers share (both set ``cfg`` with ``lr``, ``weight_decay`` and
+    ``batch_size``, ``source``, ``acp``, ``kind``, ``prompts`` and ``device``): AdamW, the draws every step starts
+    with and the noised inputs of the loss."""
+
+    def optimizer_config(self):
+        return adamw_config(self.cfg["lr"], self.cfg["weight_decay"])
+
+    def first_draws(self, n, g):
+        """In this order: ``index`` (which of the ``n`` examples), ``vae_eps`` (the VAE posterior sample), ``noise``
+        and ``timesteps``, for a micro-batch of ``cfg["batch_size"]``."""
+        b = self.cfg["batch_size"]
+        c, h, w = self.source.shape
+        return {
+            "index": torch.randint(0, n, (b,), generator=g),
+            "vae_eps": torch.randn((b, c, h, w), generator=g),
+            "noise": torch.randn((b, c, h, w), generator=g),
+            "timesteps": torch.randint(0, self.acp.shape[0], (b,), generator=g),
+        }
+
+    def noised(self, inputs):
+        """(x_t, t, target, context, y) of a micro-batch (:meth:`first_draws` + ``prompts``): the noised latents,
+        their timesteps, the ε / v target and the encoded prompts."""
+        dev = self.device
+        x0 = self.source.latents(inputs["index"], inputs["vae_eps"])
+        t = inputs["timesteps"].to(dev).long()
+        noise = inputs["noise"].to(dev)
+        x_t = diffusion.add_noise(self.acp, x0, noise, t)
+        target = diffusion.target(self.kind, self.acp, x0, noise, t)
+        ctx, y = self.prompts(inputs["prompts"])
+        return x_t, t, target, ctx, y
+
+
+class WPlusAdapterTrainer(ResidualTrainerBase):
     """Stage I (``stage=1``) or Stage II (``stage=2``) of the W+ Adapter. See the module docstring."""
 
     method = "wplus"
@@ -410,21 +443,11 @@ class WPlusAdapterTrainer:
         out.update({f"wplus_adapter.{k}": p for k, p in self.adapter.named_parameters()})
         return out
 
-    def optimizer_config(self):
-        return {"lr": self.cfg["lr"], "betas": ADAMW_DEFAULTS["betas"], "eps": ADAMW_DEFAULTS["eps"],
-                "weight_decay": self.cfg["weight_decay"]}
-
     def sample_inputs(self, step, micro, generator):
-        g = generator
-        b = self.cfg["batch_size"]
+        g, b = generator, self.cfg["batch_size"]
         c, h, w = self.source.shape
-        idx = torch.randint(0, len(self.examples), (b,), generator=g)
-        inp = {
-            "index": idx,
-            "vae_eps": torch.randn((b, c, h, w), generator=g),
-            "noise": torch.randn((b, c, h, w), generator=g),
-            "timesteps": torch.randint(0, self.acp.shape[0], (b,), generator=g),
-        }
+        inp = self.first_draws(len(self.examples), g)
+        idx = inp["index"]
         u = torch.rand((b,), generator=g, dtype=torch.float64)
         drop_w, drop_t = draw_drops(u, self.cfg["drop_w"], self.cfg["drop_text"], self.cfg["drop_both"])
         texts = []
@@ -452,12 +475,7 @@ class WPlusAdapterTrainer:
 
     def loss_terms(self, inputs):
         dev = self.device
-        x0 = self.source.latents(inputs["index"], inputs["vae_eps"])
-        t = inputs["timesteps"].to(dev).long()
-        noise = inputs["noise"].to(dev)
-        x_t = diffusion.add_noise(self.acp, x0, noise, t)
-        target = diffusion.target(self.kind, self.acp, x0, noise, t)
-        ctx, y = self.prompts(inputs["prompts"])
+        x_t, t, target, ctx, y = self.noised(inputs)
         self.holder.tokens = self._tokens(inputs["wplus"], inputs["drop_wplus"])
         pred = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
         rec = F.mse_loss(pred.float(), target.float(), reduction="mean")
@@ -494,27 +512,18 @@ def weights_of(mapping, adapter, kind):
     return ResidualAttnWeights(copy.deepcopy(mapping).float().cpu(), copy.deepcopy(adapter).float().cpu(), kind, "training")
 
 
-def _meta_text(meta):
-    return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
-
-
 def export_wplus(weights, name, meta, output_dirs, stage):
     """Official ``wplus_adapter.bin`` layout (``<name>.bin``) + safetensors (``<name>.safetensors``) + ``.json``."""
     from safetensors.torch import save_file
 
     from .adapter import to_official_dicts
 
-    out_dir = output_dirs["wplus"]
-    os.makedirs(out_dir, exist_ok=True)
-    paths = [os.path.join(out_dir, f"{name}{ext}") for ext in (".bin", ".safetensors", ".json")]
-    for p in paths:
-        if os.path.exists(p):
-            raise FileExistsError(f"{p} exists; training never overwrites a file, choose another output name")
+    paths = jobfiles.fresh_output_paths(output_dirs["wplus"], name, (".bin", ".safetensors", ".json"))
     dicts = to_official_dicts(weights)
     torch.save(dicts, paths[0])
     flat = {f"w_proj.{k}": v.float().contiguous() for k, v in dicts["w_proj"].items()}
     flat.update({f"wplus_adapter.{k}": v.float().contiguous() for k, v in dicts["wplus_adapter"].items()})
-    save_file(flat, paths[1], metadata=dict(_meta_text(meta), format="wplus_adapter", stage=str(stage)))
+    save_file(flat, paths[1], metadata=dict(jobfiles.string_metadata(meta), format="wplus_adapter", stage=str(stage)))
     with open(paths[2], "w", encoding="utf-8") as f:
         json.dump(dict(meta or {}, stage=stage), f, indent=1)
     return [{"path": paths[0], "folder": "wplus", "name": f"{name}.bin", "kind": "official"},
