@@ -8,6 +8,7 @@ the hand-wired chain with the same settings; the fine-grained nodes stay for eve
 from typing import NamedTuple
 
 from ._common import FACE_ANALYSIS_TYPES, category
+from ._textspace import build_tokens, trigger_inputs
 from .face_nodes import load_pack, pack_choices
 from .adaface_nodes import NO_CHECKPOINT, adaface_files
 from ..models_loader import paths
@@ -172,10 +173,9 @@ class FP_AdaFaceFromPhoto:
         packs = pack_choices()
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "SD1.5 text encoder (from Load Checkpoint) to teach the trigger word."}),
-                **_photo_inputs(),
-                "trigger_word": ("STRING", {"default": "<ada>", "tooltip": "Word to type in the positive prompt "
-                                 "(e.g. '<ada> in a forest'); it becomes your face."}),
+                **trigger_inputs("SD1.5 text encoder (from Load Checkpoint) to teach the trigger word.",
+                                 _photo_inputs(), "<ada>",
+                                 "Word to type in the positive prompt (e.g. '<ada> in a forest'); it becomes your face."),
                 "adaface_file": (adaface_files("adaface") or [NO_CHECKPOINT], {"tooltip": "AdaFace checkpoint in "
                                  "models/adaface (official .pt/.ckpt or pack .safetensors)."}),
                 "arc2face_encoder": (["(none)"] + adaface_files("arc2face"), {"tooltip": "Arc2Face text encoder "
@@ -205,9 +205,8 @@ class FP_AdaFaceFromPhoto:
         faces = embed.as_face_embeds(embed.face_embeds(_faces(image, model_pack, face_analysis, embed=True), "mean"),
                                      "AdaFace from Photo")
         arc = None if arc2face_encoder == "(none)" else paths.resolve("adaface", arc2face_encoder)
-        impl = method("adaface")
-        model = impl.load(paths.resolve("adaface", adaface_file), arc, layer_weights="checkpoint")
-        return (impl.build(None, clip, model, trigger_word, faces, id_cfg_scale).clip, faces)
+        model = method("adaface").load(paths.resolve("adaface", adaface_file), arc, layer_weights="checkpoint")
+        return (build_tokens("adaface", clip, model, trigger_word, faces, id_cfg_scale)[0], faces)
 
 
 NODE_CLASS_MAPPINGS = {
