@@ -17,10 +17,7 @@ from harness.graphs import apply_wplus, txt2img  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
-CKPT = tiny.file_name("sd15")
-E4E = tiny.file_name("e4e")
-ADAPTER = tiny.file_name("wplus_adapter_sd15")
-PIDIFF = tiny.file_name("pidiff_sd15")
+CKPT, E4E, ADAPTER, PIDIFF = tiny.file_names("sd15", "e4e", "wplus_adapter_sd15", "pidiff_sd15")
 PHOTO = "celebahq_28017.jpg"
 TEXT = "a photo of a person wearing a red shirt, in a garden"
 NEGATIVE = "blurry, low quality"

@@ -17,10 +17,7 @@ from training.make_workflows import train_crossinit  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
-SD15 = tiny.file_name("sd15")
-SD2 = tiny.file_name("sd2")
-E4E = tiny.file_name("e4e")
-STAGE1_FILE = tiny.file_name("wplus_adapter_sd15")
+SD15, SD2, E4E, STAGE1_FILE = tiny.file_names("sd15", "sd2", "e4e", "wplus_adapter_sd15")
 
 ENGINE = {"grad_accum": 2, "resolution": 512, "seed": 0, "precision": "fp32", "gradient_checkpointing": True,
           "checkpoint_every": 100, "if_no_face": "error", "pause_while_generating": True, "mode": "run",

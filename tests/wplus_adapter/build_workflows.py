@@ -15,10 +15,9 @@ sys.path.insert(0, str(HERE.parent))
 
 from harness.graphs import apply_wplus, txt2img  # noqa: E402
 
-CKPT = "tiny_sd15-v1.safetensors"
-ADAPTER = "tiny_wplus_adapter_sd15-v1.bin"
-PIDIFF = "tiny_pidiff_sd15-v1.safetensors"
-CONTROLNET = "tiny_controlnet_sd15-v1.safetensors"
+from fixtures import tiny  # noqa: E402
+
+CKPT, ADAPTER, PIDIFF, CONTROLNET = tiny.file_names("sd15", "wplus_adapter_sd15", "pidiff_sd15", "controlnet_sd15")
 CODE = "e4e_1.pth"
 TEXT = "a photo of a person wearing a red shirt, in a garden"
 
