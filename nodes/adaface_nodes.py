@@ -1,5 +1,6 @@
 """AdaFace: ArcFace embedding -> identity tokens inserted into the prompt under a trigger word."""
 from ._common import category
+from ._textspace import TriggerNode, build_tokens, trigger_inputs
 from ..models_loader import paths, textspace
 from ..models_loader.face import embed as face_embed
 from ..models_loader.methods.adaface import load as ada_load
@@ -64,24 +65,21 @@ class FP_LoadAdaFace:
         return (method("adaface").load(path, arc, layer_weights=layer_weights),)
 
 
-class AdaFaceInvert:
+class AdaFaceInvert(TriggerNode):
     DESCRIPTION = ("AdaFace: turns ArcFace face embeddings into identity tokens in the text space (Arc2Face encoder + "
                    "prompt inverter) and maps a trigger word in the prompt to them as inline tokens (no vocabulary or "
                    "UNet change, so it composes with ControlNet and AnimateDiff). Put the trigger word only in the "
                    "positive prompt; the negative prompt stays plain text, as in the official pipeline. SD1.5 text space (768).")
     CATEGORY = category("adaface")
-    RETURN_TYPES = ("CLIP", "IDENTITY_EMBEDDING")
-    RETURN_NAMES = ("clip", "identity_embedding")
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "SD1.x text encoder (768 wide) to patch with the trigger word."}),
-                "adaface": (ADAFACE, {"tooltip": "Model from Load AdaFace."}),
-                "trigger_word": ("STRING", {"default": "<ada>", "tooltip": "Word to type in the positive prompt "
-                                 "(e.g. '<ada> in a forest'); replaced by the N identity tokens."}),
+                **trigger_inputs("SD1.x text encoder (768 wide) to patch with the trigger word.",
+                                 {"adaface": (ADAFACE, {"tooltip": "Model from Load AdaFace."})}, "<ada>",
+                                 "Word to type in the positive prompt (e.g. '<ada> in a forest'); replaced by the N "
+                                 "identity tokens."),
                 "id_cfg_scale": ("FLOAT", {"default": 1.0, "min": 0.0, "max": 20.0, "step": 0.1, "tooltip": "How far "
                                  "the identity tokens are pushed away from a neutral face (the official blend with the "
                                  "padding tokens). Higher = stronger, more exaggerated likeness; 1 = Arc2Face default "
@@ -105,8 +103,7 @@ class AdaFaceInvert:
         else:
             raise ValueError("AdaFaceInvert needs face embeddings: connect face_embeds or choose an embeds_file "
                              "(models/face_embeds)")
-        patched = method("adaface").build(None, clip, adaface, trigger_word, faces, id_cfg_scale)
-        return (patched.clip, patched.identity)
+        return build_tokens("adaface", clip, adaface, trigger_word, faces, id_cfg_scale)
 
 
 NODE_CLASS_MAPPINGS = {"FP_LoadAdaFace": FP_LoadAdaFace, "AdaFaceInvert": AdaFaceInvert}

@@ -2,12 +2,9 @@
 import os
 
 from ._common import category
+from ._textspace import IDENTITY, TriggerNode, build_tokens, trigger_inputs
 from ..models_loader import files, paths, textspace
 from ..models_loader.methods.registry import method
-
-IDENTITY = "IDENTITY_EMBEDDING"
-_TRIGGER_TIP = ("Word to type in your prompts (e.g. 'a photo of <face> person'); it is replaced by the identity "
-                "vectors as inline tokens. One word, no spaces; matched case-insensitively as a whole word.")
 
 
 def _identity_files():
@@ -28,23 +25,17 @@ def _resolve_identity_file(choice):
     return paths.resolve(folder, name)
 
 
-class CrossInitEmbedding:
+class CrossInitEmbedding(TriggerNode):
     DESCRIPTION = ("Cross Initialization (CVPR 2024): computes the official initial identity embedding (mean of the "
                    "first two BPE tokens of 691 celebrity names, run through this CLIP's text encoder, rows 1..2 after "
                    "the final LayerNorm) and maps a trigger word to those two tokens. Works for SD1.x, SD2.x and SDXL "
                    "(one pair of vectors per encoder). Use the trigger word in any CLIPTextEncode; the UNet is untouched.")
     CATEGORY = category("crossinit")
-    RETURN_TYPES = ("CLIP", IDENTITY)
-    RETURN_NAMES = ("clip", "identity_embedding")
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls):
         return {
-            "required": {
-                "clip": ("CLIP", {"tooltip": "Text encoder(s) of an SD1.x, SD2.x or SDXL checkpoint."}),
-                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
-            },
+            "required": trigger_inputs("Text encoder(s) of an SD1.x, SD2.x or SDXL checkpoint."),
             "optional": {
                 "names_file": ("STRING", {"default": "", "tooltip": "Optional names list (one 'First Last' per line): "
                                           "a file name in ComfyUI's input folder, or a path inside ComfyUI's folders. "
@@ -54,31 +45,22 @@ class CrossInitEmbedding:
 
     def execute(self, clip, trigger_word, names_file=""):
         textspace.check_trigger(trigger_word)  # before the 691-name encode
-        ci = method("crossinit")
-        patched = ci.build(None, clip, ci.load(files.confined_read_path(names_file, what="names_file") if names_file.strip() else None), trigger_word)
-        return (patched.clip, patched.identity)
+        names = files.confined_read_path(names_file, what="names_file") if names_file.strip() else None
+        return build_tokens("crossinit", clip, method("crossinit").load(names), trigger_word)
 
 
-class FP_LoadIdentityEmbedding:
+class FP_LoadIdentityEmbedding(TriggerNode):
     DESCRIPTION = ("Loads an identity embedding (official Cross Initialization learned_embeds.bin with '<id>_v0/_v1' "
                    "tokens, or a file saved by Save Identity Embedding / a textual-inversion file) from models/crossinit "
                    "or models/embeddings and maps a trigger word in the prompt to its tokens. The embedding must match "
                    "the CLIP's width (SD1.x 768, SD2.x 1024, SDXL 768+1280).")
     CATEGORY = category("crossinit")
-    RETURN_TYPES = ("CLIP", IDENTITY)
-    RETURN_NAMES = ("clip", "identity_embedding")
-    FUNCTION = "execute"
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clip": ("CLIP", {"tooltip": "Text encoder to patch with the trigger word."}),
-                "embedding_file": (_identity_files(), {"tooltip": "File in models/crossinit or models/embeddings "
-                                                       "(.bin/.pt loaded tensor-only, or .safetensors)."}),
-                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
-            },
-        }
+        return {"required": trigger_inputs("Text encoder to patch with the trigger word.", {
+            "embedding_file": (_identity_files(), {"tooltip": "File in models/crossinit or models/embeddings "
+                                                   "(.bin/.pt loaded tensor-only, or .safetensors)."})})}
 
     def execute(self, clip, embedding_file, trigger_word):
         textspace.check_trigger(trigger_word)
@@ -97,13 +79,8 @@ class FP_ApplyIdentityEmbedding:
 
     @classmethod
     def INPUT_TYPES(cls):
-        return {
-            "required": {
-                "clip": ("CLIP", {"tooltip": "Text encoder to patch with the trigger word."}),
-                "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to insert for the trigger word."}),
-                "trigger_word": ("STRING", {"default": "<face>", "tooltip": _TRIGGER_TIP}),
-            },
-        }
+        return {"required": trigger_inputs("Text encoder to patch with the trigger word.", {
+            "identity_embedding": (IDENTITY, {"tooltip": "Identity tokens to insert for the trigger word."})})}
 
     def execute(self, clip, identity_embedding, trigger_word):
         patched, _ = textspace.apply_identity(clip, trigger_word, identity_embedding["vectors"],

@@ -5,7 +5,10 @@ Each node calls the same functions as the fine-grained nodes with those nodes' d
 photo, FFHQ crop 512 with reflect padding, several photos averaged into one identity), so its result equals
 the hand-wired chain with the same settings; the fine-grained nodes stay for everything else.
 """
+from typing import NamedTuple
+
 from ._common import FACE_ANALYSIS_TYPES, category
+from ._textspace import build_tokens, trigger_inputs
 from .face_nodes import load_pack, pack_choices
 from .adaface_nodes import NO_CHECKPOINT, adaface_files
 from ..models_loader import paths
@@ -16,6 +19,22 @@ CUSTOM = "custom"
 WPLUS_PRESETS = {"faithful": (1.0, 0.0), "balanced": (1.0, 0.2), "editable": (0.7, 0.4)}
 PIDIFF_PRESETS = {"faithful": (0.6, 0.0), "balanced": (0.4, 0.0), "editable": (0.25, 0.2)}
 ALIGN = {"name": "ffhq", "size": 512, "padding": "reflect"}  # FP_FaceAlign's defaults
+
+
+class PhotoMethod(NamedTuple):
+    """What the W+-code photo nodes (W+ Adapter, PIDiff) differ in."""
+    method: str         # registry name
+    folder: str         # models/ folder of its weights
+    weights_input: str  # name of the weights-file input
+    weights_tip: str
+    presets: dict       # preset -> (strength, start_percent)
+    official: str       # what "balanced" stands for (in the preset tooltip)
+
+
+WPLUS = PhotoMethod("wplus_rca", "wplus", "adapter_name", "W+ Adapter weights in models/wplus (official "
+                    "wplus_adapter.bin).", WPLUS_PRESETS, "balanced = the official demo")
+PIDIFF = PhotoMethod("pidiff_sca", "pidiff", "pidiff_name", "PIDiff weights in models/pidiff (.safetensors).",
+                     PIDIFF_PRESETS, "balanced = the paper's inference setting")
 
 
 def _files_or(folder, missing):
@@ -70,28 +89,26 @@ def photo_to_wplus(image, encoder_name, model_pack, face_analysis=None):
 
 
 class _WPlusFromPhoto:
-    """Shared body of the two W+-code methods (W+ Adapter, PIDiff): only the weights and presets differ."""
-    METHOD = ""
-    WEIGHTS_FOLDER = ""
-    PRESETS = {}
-    OFFICIAL = ""
+    """Shared body of the two W+-code methods (W+ Adapter, PIDiff): a subclass sets only ``SPEC``."""
+    SPEC: PhotoMethod = None
     RETURN_TYPES = ("MODEL", "WPLUS", "IMAGE")
     RETURN_NAMES = ("model", "wplus", "aligned_faces")
     FUNCTION = "apply"
     CATEGORY = CAT
 
     @classmethod
-    def _inputs(cls, weights_name, weights_tip):
+    def INPUT_TYPES(cls):
+        spec = cls.SPEC
         packs = pack_choices()
-        strength, start = cls.PRESETS["balanced"]
+        strength, start = spec.presets["balanced"]
         return {
             "required": {
                 "model": ("MODEL", {"tooltip": "SD1.5 model to patch (a patched clone is returned)."}),
                 **_photo_inputs(),
-                "preset": (list(cls.PRESETS) + [CUSTOM], {"default": "balanced",
-                                                          "tooltip": _preset_tip(cls.PRESETS, cls.OFFICIAL)}),
-                weights_name: (_files_or(cls.WEIGHTS_FOLDER, f"(none installed: put the weights in models/{cls.WEIGHTS_FOLDER})"),
-                               {"tooltip": weights_tip}),
+                "preset": (list(spec.presets) + [CUSTOM], {"default": "balanced",
+                                                           "tooltip": _preset_tip(spec.presets, spec.official)}),
+                spec.weights_input: (_files_or(spec.folder, "(none installed: put the weights in "
+                                                            f"models/{spec.folder})"), {"tooltip": spec.weights_tip}),
                 "e4e_encoder": (_files_or("e4e", "(none installed: put e4e_ffhq_encode.pt in models/e4e)"), {
                     "tooltip": "e4e encoder in models/e4e (official e4e_ffhq_encode.pt) that turns the aligned face "
                                "into a W+ code."}),
@@ -110,54 +127,35 @@ class _WPlusFromPhoto:
             },
         }
 
-    def _apply(self, model, image, preset, weights_file, e4e_encoder, model_pack, strength, start_percent,
-               face_analysis=None):
+    def apply(self, model, image, preset, e4e_encoder, model_pack, strength, start_percent, face_analysis=None,
+              **weights):
+        """``weights``: the one weights-file input, named ``SPEC.weights_input`` (adapter_name / pidiff_name)."""
         from ..models_loader.methods.registry import method
 
-        strength, start_percent = resolve_preset(self.PRESETS, preset, strength, start_percent)
+        spec = self.SPEC
+        if set(weights) != {spec.weights_input}:
+            raise TypeError(f"{type(self).__name__}.apply takes the weights file as {spec.weights_input}=..., "
+                            f"got {sorted(weights)}")
+        strength, start_percent = resolve_preset(spec.presets, preset, strength, start_percent)
         wplus, aligned = photo_to_wplus(image, e4e_encoder, model_pack, face_analysis)
-        impl = method(self.METHOD)
-        weights = impl.load(paths.resolve(self.WEIGHTS_FOLDER, weights_file))
-        patched = impl.build(model, None, weights, wplus, strength, start_percent, 1.0, None).model
+        impl = method(spec.method)
+        asset = impl.load(paths.resolve(spec.folder, weights[spec.weights_input]))
+        patched = impl.build(model, None, asset, wplus, strength, start_percent, 1.0, None).model
         return (patched, wplus, aligned)
 
 
 class FP_WPlusAdapterFromPhoto(_WPlusFromPhoto):
-    METHOD = "wplus_rca"
-    WEIGHTS_FOLDER = "wplus"
-    PRESETS = WPLUS_PRESETS
-    OFFICIAL = "balanced = the official demo"
+    SPEC = WPLUS
     DESCRIPTION = ("W+ Adapter in one node: finds the face in your photo, aligns it (FFHQ), encodes it with e4e and "
                    "applies the adapter's residual cross-attention to the model. Presets set strength and start; "
                    "same result as Face Detect -> Face Align -> W+ Encode -> Apply W+ Residual Cross-Attention.")
 
-    @classmethod
-    def INPUT_TYPES(cls):
-        return cls._inputs("adapter_name", "W+ Adapter weights in models/wplus (official wplus_adapter.bin).")
-
-    def apply(self, model, image, preset, adapter_name, e4e_encoder, model_pack, strength, start_percent,
-              face_analysis=None):
-        return self._apply(model, image, preset, adapter_name, e4e_encoder, model_pack, strength, start_percent,
-                           face_analysis)
-
 
 class FP_PIDiffFromPhoto(_WPlusFromPhoto):
-    METHOD = "pidiff_sca"
-    WEIGHTS_FOLDER = "pidiff"
-    PRESETS = PIDIFF_PRESETS
-    OFFICIAL = "balanced = the paper's inference setting"
+    SPEC = PIDIFF
     DESCRIPTION = ("PIDiff in one node: finds the face in your photo, aligns it (FFHQ), encodes it with e4e and "
                    "applies PIDiff's style cross-attention to the model. Presets set strength and start; same "
                    "result as Face Detect -> Face Align -> W+ Encode -> Apply PIDiff Style Cross-Attention.")
-
-    @classmethod
-    def INPUT_TYPES(cls):
-        return cls._inputs("pidiff_name", "PIDiff weights in models/pidiff (.safetensors).")
-
-    def apply(self, model, image, preset, pidiff_name, e4e_encoder, model_pack, strength, start_percent,
-              face_analysis=None):
-        return self._apply(model, image, preset, pidiff_name, e4e_encoder, model_pack, strength, start_percent,
-                           face_analysis)
 
 
 class FP_AdaFaceFromPhoto:
@@ -175,10 +173,9 @@ class FP_AdaFaceFromPhoto:
         packs = pack_choices()
         return {
             "required": {
-                "clip": ("CLIP", {"tooltip": "SD1.5 text encoder (from Load Checkpoint) to teach the trigger word."}),
-                **_photo_inputs(),
-                "trigger_word": ("STRING", {"default": "<ada>", "tooltip": "Word to type in the positive prompt "
-                                 "(e.g. '<ada> in a forest'); it becomes your face."}),
+                **trigger_inputs("SD1.5 text encoder (from Load Checkpoint) to teach the trigger word.",
+                                 _photo_inputs(), "<ada>",
+                                 "Word to type in the positive prompt (e.g. '<ada> in a forest'); it becomes your face."),
                 "adaface_file": (adaface_files("adaface") or [NO_CHECKPOINT], {"tooltip": "AdaFace checkpoint in "
                                  "models/adaface (official .pt/.ckpt or pack .safetensors)."}),
                 "arc2face_encoder": (["(none)"] + adaface_files("arc2face"), {"tooltip": "Arc2Face text encoder "
@@ -208,9 +205,8 @@ class FP_AdaFaceFromPhoto:
         faces = embed.as_face_embeds(embed.face_embeds(_faces(image, model_pack, face_analysis, embed=True), "mean"),
                                      "AdaFace from Photo")
         arc = None if arc2face_encoder == "(none)" else paths.resolve("adaface", arc2face_encoder)
-        impl = method("adaface")
-        model = impl.load(paths.resolve("adaface", adaface_file), arc, layer_weights="checkpoint")
-        return (impl.build(None, clip, model, trigger_word, faces, id_cfg_scale).clip, faces)
+        model = method("adaface").load(paths.resolve("adaface", adaface_file), arc, layer_weights="checkpoint")
+        return (build_tokens("adaface", clip, model, trigger_word, faces, id_cfg_scale)[0], faces)
 
 
 NODE_CLASS_MAPPINGS = {

@@ -72,25 +72,20 @@ def _install_model(comfy_home, kind, folder):
     return src.name
 
 
-@pytest.fixture(scope="session")
-def tiny_sd15(comfy, comfy_home):
-    """File name (in models/checkpoints) of the tiny SD1.5 checkpoint."""
-    return _install_model(comfy_home, "sd15", "checkpoints")
+def _tiny_model_fixture(name, kind, folder):
+    """A session fixture ``name``: the file name (in models/<folder>) of the tiny model ``kind``, installed there."""
+    def fixture(comfy, comfy_home):
+        return _install_model(comfy_home, kind, folder)
+
+    fixture.__name__ = name
+    fixture.__doc__ = f"File name (in models/{folder}) of the tiny {kind} model."
+    return pytest.fixture(scope="session", name=name)(fixture)
 
 
-@pytest.fixture(scope="session")
-def tiny_sd2(comfy, comfy_home):
-    return _install_model(comfy_home, "sd2", "checkpoints")
-
-
-@pytest.fixture(scope="session")
-def tiny_sdxl(comfy, comfy_home):
-    return _install_model(comfy_home, "sdxl", "checkpoints")
-
-
-@pytest.fixture(scope="session")
-def tiny_controlnet(comfy, comfy_home):
-    return _install_model(comfy_home, "controlnet_sd15", "controlnet")
+tiny_sd15 = _tiny_model_fixture("tiny_sd15", "sd15", "checkpoints")
+tiny_sd2 = _tiny_model_fixture("tiny_sd2", "sd2", "checkpoints")
+tiny_sdxl = _tiny_model_fixture("tiny_sdxl", "sdxl", "checkpoints")
+tiny_controlnet = _tiny_model_fixture("tiny_controlnet", "controlnet_sd15", "controlnet")
 
 
 @pytest.fixture(scope="session")

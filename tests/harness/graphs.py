@@ -14,3 +14,27 @@ def txt2img(ckpt, text="a photo of a person", negative="blurry", width=64, heigh
         "decode": {"class_type": "VAEDecode", "inputs": {"samples": ["sample", 0], "vae": ["ckpt", 2]}},
         "save": {"class_type": "SaveImage", "inputs": {"images": ["decode", 0], "filename_prefix": prefix}},
     }
+
+
+# the two W+-code apply nodes: class_type, name of the input that takes the loaded weights
+_WPLUS_APPLY = {"wplus": ("ApplyResidualCrossAttention", "wplus_adapter"),
+                "pidiff": ("FP_ApplyStyleCrossAttention", "pidiff")}
+
+
+def apply_wplus(p, method, weights, wplus, strength, start_percent, node_id="apply"):
+    """Add the W+ Adapter (``method`` "wplus") or PIDiff ("pidiff") apply node on the checkpoint's MODEL, with the
+    ``weights`` and ``wplus`` links, and sample with it."""
+    class_type, weights_input = _WPLUS_APPLY[method]
+    p[node_id] = {"class_type": class_type, "inputs": {
+        "model": ["ckpt", 0], weights_input: weights, "wplus": wplus, "strength": strength,
+        "start_percent": start_percent, "end_percent": 1.0}}
+    p["sample"]["inputs"]["model"] = [node_id, 0]
+    return p
+
+
+def train_and_wait(p, class_type, inputs):
+    """Add a training node ("train") and the Training Result ("result") that waits for its job: link
+    ``["result", 0]`` to use the trained asset."""
+    p["train"] = {"class_type": class_type, "inputs": inputs}
+    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
+    return p

@@ -13,14 +13,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness.graphs import txt2img  # noqa: E402
+from harness.graphs import apply_wplus, txt2img  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
-CKPT = tiny.file_name("sd15")
-E4E = tiny.file_name("e4e")
-ADAPTER = tiny.file_name("wplus_adapter_sd15")
-PIDIFF = tiny.file_name("pidiff_sd15")
+CKPT, E4E, ADAPTER, PIDIFF = tiny.file_names("sd15", "e4e", "wplus_adapter_sd15", "pidiff_sd15")
 PHOTO = "celebahq_28017.jpg"
 TEXT = "a photo of a person wearing a red shirt, in a garden"
 NEGATIVE = "blurry, low quality"
@@ -75,24 +72,20 @@ def _photo_chain(p):
     return p
 
 
+def _from_photo(method, loader, strength, start_percent):
+    """The photo chain, then ``loader`` = (node id, class_type, inputs) of the weights and the apply node."""
+    key, class_type, inputs = loader
+    p = _photo_chain(txt2img(CKPT, text=TEXT, negative=NEGATIVE, steps=2, cfg=7.5, prefix=f"{method}_from_photo"))
+    p[key] = {"class_type": class_type, "inputs": inputs}
+    return apply_wplus(p, method, [key, 0], ["encode", 0], strength, start_percent)
+
+
 def wplus_from_photo():
-    p = _photo_chain(txt2img(CKPT, text=TEXT, negative=NEGATIVE, steps=2, cfg=7.5, prefix="wplus_from_photo"))
-    p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
-    p["apply"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["encode", 0],
-        "strength": 1.0, "start_percent": 0.2, "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["apply", 0]
-    return p
+    return _from_photo("wplus", ("adapter", "FP_LoadWPlusAdapter", {"adapter_name": ADAPTER}), 1.0, 0.2)
 
 
 def pidiff_from_photo():
-    p = _photo_chain(txt2img(CKPT, text=TEXT, negative=NEGATIVE, steps=2, cfg=7.5, prefix="pidiff_from_photo"))
-    p["pidiff"] = {"class_type": "FP_LoadPIDiff", "inputs": {"pidiff_name": PIDIFF}}
-    p["apply"] = {"class_type": "FP_ApplyStyleCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "pidiff": ["pidiff", 0], "wplus": ["encode", 0],
-        "strength": 0.4, "start_percent": 0.0, "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["apply", 0]
-    return p
+    return _from_photo("pidiff", ("pidiff", "FP_LoadPIDiff", {"pidiff_name": PIDIFF}), 0.4, 0.0)
 
 
 def wplus_quickstart():

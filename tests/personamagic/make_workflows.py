@@ -14,9 +14,10 @@ sys.path.insert(0, str(HERE.parent))
 from harness import workflow  # noqa: E402
 from harness.graphs import txt2img  # noqa: E402
 
-CKPT = "tiny_sd15-v1.safetensors"
-MAPPER = "mapper-steps-1000-v1.pt"
-CLIP_VISION = "clip_vision_vitb32_tiny-v1.safetensors"
+from fixtures import tiny  # noqa: E402
+
+# MAPPER: an official-layout mapper-steps-1000.pt
+CKPT, MAPPER, CLIP_VISION = tiny.file_names("sd15", "personamagic_mapper", "clip_vision_vitb32")
 REFERENCE = "personamagic_person_1.jpg"
 NEGATIVE = "monochrome, lowres, bad anatomy, worst quality, low quality"  # the official fixed negative
 

@@ -1,4 +1,5 @@
-"""PersonaMagic mapper files: official pickled layout via the restricted unpickler, safetensors, bad files."""
+"""PersonaMagic mapper files: the official pickled layout (read with torch's weights_only unpickler, its one pickled
+class allowlisted as an inert stand-in: models_loader/safe_load.py), safetensors, bad files."""
 import json
 import os
 import pickle

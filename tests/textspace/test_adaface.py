@@ -209,6 +209,24 @@ def test_graph_changes_image_and_controlnet_composes(comfy, tiny_sd15, tiny_cont
     assert np.abs(with_cn - ada_img).max() > 0
 
 
+def _first_unet_context(model, pos, neg, frames):
+    """One euler step of a KSampler on a clone of ``model`` (``frames`` 64 px latents): the cross-attention context
+    and cond_or_uncond of the first UNet call."""
+    import nodes
+
+    seen = []
+
+    def wrapper(apply_model, args):
+        seen.append((args["c"]["c_crossattn"].clone(), list(args["cond_or_uncond"])))
+        return apply_model(args["input"], args["timestep"], **args["c"])
+
+    m = model.clone()
+    m.set_model_unet_function_wrapper(wrapper)
+    latent = nodes.EmptyLatentImage().generate(64, 64, frames)[0]
+    nodes.common_ksampler(m, 0, 1, 5.0, "euler", "normal", pos, neg, latent)
+    return seen[0]
+
+
 def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, face_embed):
     """Text-space identity leaves the MODEL untouched (no patches, same model_options) and a multi-frame
     batch (as AnimateDiff samples it) gets identical identity conditioning on every frame."""
@@ -230,19 +248,9 @@ def test_zero_unet_cost_and_identical_frames(comfy, load_ckpt, tiny_sd15, ada, f
     assert all(torch.is_tensor(t) for t in toks[1:17]) and not torch.is_tensor(toks[17])
     assert torch.equal(torch.stack(toks[1:17]).float(), expect_rows)
     assert not any(torch.is_tensor(t) for t in [t for t, _ in patched.tokenize("blurry")["l"][0]])
-    seen = []
-
-    def wrapper(apply_model, args):
-        seen.append((args["c"]["c_crossattn"].clone(), list(args["cond_or_uncond"])))
-        return apply_model(args["input"], args["timestep"], **args["c"])
-
-    m = model.clone()
-    m.set_model_unet_function_wrapper(wrapper)
-    latent = nodes.EmptyLatentImage().generate(64, 64, 4)[0]
-    nodes.common_ksampler(m, 0, 1, 5.0, "euler", "normal", pos, neg, latent)
+    c, order = _first_unet_context(model, pos, neg, frames=4)
     assert repr(model.model_options) == opts_before
     assert not model.model_options.get("transformer_options", {}).get("patches")
-    c, order = seen[0]
     frames = c.shape[0] // len(order)
     assert frames == 4
     for chunk, kind in enumerate(order):
@@ -266,17 +274,7 @@ def test_id_cfg_scale_reaches_adaface_in_a_ksampler_run(comfy, load_ckpt, tiny_s
         ref, _ = _reference_tokens(face_embed, torch.tensor([[1.0], [2.0], [4.0]]), cfg_scale=scale)
         assert (ident["vectors"]["clip_l"] - ref).abs().max().item() <= 1e-4 * max(1.0, scale), scale
         pos = nodes.CLIPTextEncode().encode(patched, "<ada> in a forest")[0]
-        seen = []
-
-        def wrapper(apply_model, args):
-            seen.append((args["c"]["c_crossattn"].clone(), list(args["cond_or_uncond"])))
-            return apply_model(args["input"], args["timestep"], **args["c"])
-
-        m = model.clone()
-        m.set_model_unet_function_wrapper(wrapper)
-        latent = nodes.EmptyLatentImage().generate(64, 64, 1)[0]
-        nodes.common_ksampler(m, 0, 1, 5.0, "euler", "normal", pos, nodes.CLIPTextEncode().encode(clip, "blurry")[0], latent)
-        c, order = seen[0]
+        c, order = _first_unet_context(model, pos, nodes.CLIPTextEncode().encode(clip, "blurry")[0], frames=1)
         contexts[scale] = c[order.index(0)]
         assert torch.equal(contexts[scale], pos[0][0][0].to(c.dtype))
     assert (contexts[default] - contexts[6.0]).abs().max() > 1e-3

@@ -11,7 +11,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from harness import workflow  # noqa: E402
-from harness.graphs import txt2img  # noqa: E402
+from harness.graphs import train_and_wait, txt2img  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
@@ -28,23 +28,27 @@ NOTE = """## Train a face identity (Cross Initialization, fast preset)
 """
 
 
-def train_crossinit_fast():
-    p = txt2img(CKPT, text="a photo of <face> person, smiling, in a garden", negative="blurry, lowres",
-                prefix="train_crossinit_fast")
+def train_crossinit(ckpt, prefix, name, preset, steps, learning_rate):
+    """Photo -> Train Cross Initialization (``preset`` with its ``steps`` / ``learning_rate``) -> Training Result ->
+    Apply Identity Embedding on the prompt's CLIP (the fast and the full training workflow)."""
+    p = txt2img(ckpt, text="a photo of <face> person, smiling, in a garden", negative="blurry, lowres", prefix=prefix)
     p["photo"] = {"class_type": "LoadImage", "inputs": {"image": "celebahq_28017.jpg"}}
     p["det"] = {"class_type": "FP_OfflineFaceDetector", "inputs": {"det_thresh": 0.5, "max_faces": 10}}
-    p["train"] = {"class_type": "FP_TrainCrossInit", "inputs": {
-        "ckpt_name": CKPT, "face_analysis": ["det", 0], "name": "my_face", "trigger_word": "<face>", "preset": "fast",
-        "steps": 25, "learning_rate": 0.08, "batch_size": 8, "grad_accum": 4, "resolution": 512, "seed": 0,
-        "precision": "fp32", "gradient_checkpointing": True, "cache_latents": True, "checkpoint_every": 50,
+    train_and_wait(p, "FP_TrainCrossInit", {
+        "ckpt_name": ckpt, "face_analysis": ["det", 0], "name": name, "trigger_word": "<face>", "preset": preset,
+        "steps": steps, "learning_rate": learning_rate, "batch_size": 8, "grad_accum": 4, "resolution": 512,
+        "seed": 0, "precision": "fp32", "gradient_checkpointing": True, "cache_latents": True, "checkpoint_every": 50,
         "preview_every": 0, "if_no_face": "error", "pause_while_generating": True, "mode": "run",
-        "images": ["photo", 0], "photo_folder": ""}}
-    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
+        "images": ["photo", 0], "photo_folder": ""})
     p["apply"] = {"class_type": "FP_ApplyIdentityEmbedding", "inputs": {"clip": ["ckpt", 1],
                                                                         "identity_embedding": ["result", 0],
                                                                         "trigger_word": "<face>"}}
     p["pos"]["inputs"]["clip"] = ["apply", 0]
     return p
+
+
+def train_crossinit_fast():
+    return train_crossinit(CKPT, "train_crossinit_fast", "my_face", "fast", 25, 0.08)
 
 
 BUILDERS = {"train_crossinit_fast": train_crossinit_fast}

@@ -12,14 +12,12 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from harness import workflow  # noqa: E402
-from harness.graphs import txt2img  # noqa: E402
+from harness.graphs import apply_wplus, train_and_wait, txt2img  # noqa: E402
+from training.make_workflows import train_crossinit  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
-SD15 = tiny.file_name("sd15")
-SD2 = tiny.file_name("sd2")
-E4E = tiny.file_name("e4e")
-STAGE1_FILE = tiny.file_name("wplus_adapter_sd15")
+SD15, SD2, E4E, STAGE1_FILE = tiny.file_names("sd15", "sd2", "e4e", "wplus_adapter_sd15")
 
 ENGINE = {"grad_accum": 2, "resolution": 512, "seed": 0, "precision": "fp32", "gradient_checkpointing": True,
           "checkpoint_every": 100, "if_no_face": "error", "pause_while_generating": True, "mode": "run",
@@ -44,33 +42,23 @@ def train_pidiff():
     p = txt2img(SD15, text="a photo of a person wearing a red shirt, in a garden", negative="blurry, low quality",
                 prefix="train_pidiff", cfg=7.5)
     _photo_to_wplus(p, "celebahq_28017.jpg")
-    p["train"] = {"class_type": "FP_TrainPIDiff", "inputs": dict(ENGINE, **{
+    train_and_wait(p, "FP_TrainPIDiff", dict(ENGINE, **{
         "ckpt_name": SD15, "face_analysis": ["det", 0], "e4e": ["e4e", 0], "name": "my_pidiff", "pseudo_word": "sks",
         "init_from": "(none: copy the UNet's own attention)", "preset": "paper", "steps": 600, "learning_rate": 1e-4,
         "batch_size": 4, "drop_text": 0.3, "drop_face": 0.5, "wplus_noise": 0.05, "whiten_background": True,
-        "images": ["photo", 0]})}
-    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
-    p["apply"] = {"class_type": "FP_ApplyStyleCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "pidiff": ["result", 0], "wplus": ["wplus", 0], "strength": 0.4, "start_percent": 0.0,
-        "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["apply", 0]
-    return p
+        "images": ["photo", 0]}))
+    return apply_wplus(p, "pidiff", ["result", 0], ["wplus", 0], 0.4, 0.0)
 
 
 def _train_wplus(stage, image, init, text, prefix, name):
     p = txt2img(SD15, text=text, negative="blurry, low quality", prefix=prefix, cfg=7.5)
     _photo_to_wplus(p, image)
-    p["train"] = {"class_type": "FP_TrainWPlusAdapter", "inputs": dict(ENGINE, **{
+    train_and_wait(p, "FP_TrainWPlusAdapter", dict(ENGINE, **{
         "ckpt_name": SD15, "face_analysis": ["det", 0], "e4e": ["e4e", 0], "name": name, "stage": stage,
         "init_from": init, "preset": "short", "steps": 2000, "learning_rate": 1e-4, "batch_size": 16,
-        "caption": "a photo of a person", "whiten_background": True, "images": ["photo", 0]})}
+        "caption": "a photo of a person", "whiten_background": True, "images": ["photo", 0]}))
     p["train"]["inputs"]["grad_accum"] = 8
-    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
-    p["apply"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "wplus_adapter": ["result", 0], "wplus": ["wplus", 0], "strength": 1.0,
-        "start_percent": 0.2, "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["apply", 0]
-    return p
+    return apply_wplus(p, "wplus", ["result", 0], ["wplus", 0], 1.0, 0.2)
 
 
 def train_wplus_stage1():
@@ -84,22 +72,7 @@ def train_wplus_stage2():
 
 
 def train_crossinit_full():
-    p = txt2img(SD2, text="a photo of <face> person, smiling, in a garden", negative="blurry, lowres",
-                prefix="train_crossinit_full")
-    p["photo"] = {"class_type": "LoadImage", "inputs": {"image": "celebahq_28017.jpg"}}
-    p["det"] = {"class_type": "FP_OfflineFaceDetector", "inputs": {"det_thresh": 0.5, "max_faces": 10}}
-    p["train"] = {"class_type": "FP_TrainCrossInit", "inputs": {
-        "ckpt_name": SD2, "face_analysis": ["det", 0], "name": "my_face_full", "trigger_word": "<face>",
-        "preset": "full", "steps": 320, "learning_rate": 0.005, "batch_size": 8, "grad_accum": 4, "resolution": 512,
-        "seed": 0, "precision": "fp32", "gradient_checkpointing": True, "cache_latents": True, "checkpoint_every": 50,
-        "preview_every": 0, "if_no_face": "error", "pause_while_generating": True, "mode": "run",
-        "images": ["photo", 0], "photo_folder": ""}}
-    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
-    p["apply"] = {"class_type": "FP_ApplyIdentityEmbedding", "inputs": {"clip": ["ckpt", 1],
-                                                                        "identity_embedding": ["result", 0],
-                                                                        "trigger_word": "<face>"}}
-    p["pos"]["inputs"]["clip"] = ["apply", 0]
-    return p
+    return train_crossinit(SD2, "train_crossinit_full", "my_face_full", "full", 320, 0.005)
 
 
 _WAIT = ("The job runs in the background (training panel; ComfyUI keeps serving other prompts); **Training Result** "

@@ -10,7 +10,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from harness import workflow  # noqa: E402
-from harness.graphs import txt2img  # noqa: E402
+from harness.graphs import train_and_wait, txt2img  # noqa: E402
 
 from fixtures import tiny  # noqa: E402
 
@@ -39,13 +39,12 @@ def train_personamagic():
     p["det"] = {"class_type": "FP_OfflineFaceDetector", "inputs": {"det_thresh": 0.5, "max_faces": 10}}
     p["clipv"] = {"class_type": "FP_LoadCLIPVisionAnySize", "inputs": {"clip_name": CLIP_VISION,
                                                                     "activation": "quick_gelu", "precision": "fp32"}}
-    p["train"] = {"class_type": "FP_TrainPersonaMagic", "inputs": {
+    train_and_wait(p, "FP_TrainPersonaMagic", {
         "ckpt_name": CKPT, "face_analysis": ["det", 0], "clip_vision": ["clipv", 0], "name": "my_persona",
         "steps": 1000, "learning_rate": 1e-4, "grad_accum": 2, "resolution": 512, "framing": "whole photo (official)",
         "mask_source": "face pipeline", "class_word": "face", "seed": 0, "precision": "fp32",
         "gradient_checkpointing": True, "checkpoint_every": 100, "preview_every": 0, "if_no_face": "error",
-        "pause_while_generating": True, "mode": "run", "images": ["photo", 0], "photo_folder": ""}}
-    p["result"] = {"class_type": "FP_TrainingResult", "inputs": {"job": ["train", 0], "cancel_job_on_interrupt": False}}
+        "pause_while_generating": True, "mode": "run", "images": ["photo", 0], "photo_folder": ""})
     p["clipv_enc"] = {"class_type": "FP_PersonaMagicReferenceEncode", "inputs": {"clip_vision": ["clipv", 0],
                                                                               "image": ["photo", 0]}}
     p["sti"] = {"class_type": "StageRegulatedTI", "inputs": {

@@ -13,12 +13,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from harness.graphs import txt2img  # noqa: E402
+from harness.graphs import apply_wplus, txt2img  # noqa: E402
 
-CKPT = "tiny_sd15-v1.safetensors"
-ADAPTER = "tiny_wplus_adapter_sd15-v1.bin"
-PIDIFF = "tiny_pidiff_sd15-v1.safetensors"
-CONTROLNET = "tiny_controlnet_sd15-v1.safetensors"
+from fixtures import tiny  # noqa: E402
+
+CKPT, ADAPTER, PIDIFF, CONTROLNET = tiny.file_names("sd15", "wplus_adapter_sd15", "pidiff_sd15", "controlnet_sd15")
 CODE = "e4e_1.pth"
 TEXT = "a photo of a person wearing a red shirt, in a garden"
 
@@ -32,21 +31,13 @@ def _base(prefix):
 def wplus_basic():
     p = _base("wplus_basic")
     p["adapter"] = {"class_type": "FP_LoadWPlusAdapter", "inputs": {"adapter_name": ADAPTER}}
-    p["rca"] = {"class_type": "ApplyResidualCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "wplus_adapter": ["adapter", 0], "wplus": ["code", 0],
-        "strength": 1.0, "start_percent": 0.2, "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["rca", 0]
-    return p
+    return apply_wplus(p, "wplus", ["adapter", 0], ["code", 0], 1.0, 0.2, node_id="rca")
 
 
 def pidiff_basic():
     p = _base("pidiff_basic")
     p["pidiff"] = {"class_type": "FP_LoadPIDiff", "inputs": {"pidiff_name": PIDIFF}}
-    p["sca"] = {"class_type": "FP_ApplyStyleCrossAttention", "inputs": {
-        "model": ["ckpt", 0], "pidiff": ["pidiff", 0], "wplus": ["code", 0],
-        "strength": 0.4, "start_percent": 0.0, "end_percent": 1.0}}
-    p["sample"]["inputs"]["model"] = ["sca", 0]
-    return p
+    return apply_wplus(p, "pidiff", ["pidiff", 0], ["code", 0], 0.4, 0.0, node_id="sca")
 
 
 def wplus_controlnet():

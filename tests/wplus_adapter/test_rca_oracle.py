@@ -5,6 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from harness.unet import comfy_eps
+from training_methods.reference import _mh, _unmh  # noqa: F401  (multi-head split / merge; test_engine imports them here)
 
 TOL = 1e-4
 
@@ -17,16 +18,6 @@ def ref_w_proj(wp, w):
             for i, (a, e) in enumerate(((0, 4), (4, 8), (8, 12), (12, 18)))]
     x = torch.stack(toks, 1)
     return F.layer_norm(x, (x.shape[-1],), wp["norm.weight"], wp["norm.bias"], eps=1e-5)
-
-
-def _mh(x, h):
-    b, n, d = x.shape
-    return x.view(b, n, h, d // h).transpose(1, 2)
-
-
-def _unmh(x):
-    b, h, n, d = x.shape
-    return x.transpose(1, 2).reshape(b, n, h * d)
 
 
 class RefRCAProcessor:

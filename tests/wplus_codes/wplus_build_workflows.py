@@ -21,8 +21,9 @@ sys.path.insert(0, str(TESTS))
 from harness import comfy_host  # noqa: E402
 from harness import workflow as wf  # noqa: E402
 
-CKPT = "tiny_sd15-v1.safetensors"
-ADAPTER = "tiny_wplus_adapter_sd15-v1.bin"
+from fixtures import tiny  # noqa: E402
+
+CKPT, ADAPTER = tiny.file_names("sd15", "wplus_adapter_sd15")
 
 
 def _edit(direction, strength, title, src="code"):
