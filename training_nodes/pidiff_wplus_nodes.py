@@ -315,7 +315,7 @@ def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, ste
                    photos=photos, masks=list(masks), params=params, steps=int(steps), seed=int(seed),
                    batch=int(batch_size) // int(grad_accum), grad_accum=int(grad_accum), learning_rate=float(lr),
                    resolution=int(resolution), precision=precision, gradient_checkpointing=bool(gradient_checkpointing),
-                   cache_latents=True, checkpoint_every=int(checkpoint_every), preview_every=0,
+                   cache_latents=True, checkpoint_every=int(checkpoint_every), preview_every=int(checkpoint_every),
                    output_dirs=output_dirs, face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "",
                    comfyui_path=comfy_root, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
