@@ -108,7 +108,8 @@ class PIDiffTrainer:
         w = torch.where(inputs["drop_wplus"].to(dev).view(-1, 1, 1), torch.zeros_like(w), w)
         self.holder.tokens = self.mapping(w)
         pred = wt.unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
-        self.holder.tokens = None
+        # the tokens stay in the holder: with gradient checkpointing the backward pass re-runs the UNet blocks, and
+        # their residual attention reads them again (the next micro-batch sets its own)
         mse = F.mse_loss(pred.float(), target.float(), reduction="mean")
         return {"loss": mse, "mse": mse}
 

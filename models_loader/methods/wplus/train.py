@@ -485,13 +485,15 @@ class WPlusAdapterTrainer:
         pred = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
         rec = F.mse_loss(pred.float(), target.float(), reduction="mean")
         if self.stage == 1:
-            self.holder.tokens = None
+            # the tokens stay in the holder: with gradient checkpointing the backward pass re-runs the UNet blocks,
+            # and their residual attention reads them again (the next micro-batch sets its own)
             return {"loss": rec, "mse": rec}
+        tokens = self.holder.tokens
         with torch.no_grad():
             self.holder.tokens = self.mapping(inputs["wplus_aug"].to(dev))
             pred_aug = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y)
             pred_now = unet_forward(self.model, x_t, t, ctx, self.plain_options, y)  # λ = 0: no residual
-        self.holder.tokens = None
+        self.holder.tokens = tokens  # the grad forward's tokens, for the checkpointed recompute in backward
         m = inputs["region"].to(dev)
         disen = F.mse_loss(pred_aug.float() * m, pred.float() * m, reduction="mean")
         pres = F.mse_loss(pred_now.float(), pred.float(), reduction="mean")
