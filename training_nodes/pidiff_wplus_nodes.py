@@ -37,14 +37,15 @@ def adapter_files():
     return [f for f in paths.list_files("wplus") if not f.replace("\\", "/").startswith(("codes/", "directions/"))]
 
 
-def _init_file(init_adapter):
+def _init_file(init_adapter, ckpt=None, method="W+ Adapter"):
     if init_adapter == FROM_UNET:
         return ""
     from ..models_loader import paths
-    from ..models_loader.methods.wplus.adapter import load_wplus_adapter
+    from ..models_loader.methods.wplus.fit import check_init_file
 
     path = paths.resolve("wplus", init_adapter)
-    load_wplus_adapter(path)  # a broken file fails here, naming it, not in the worker
+    # a broken file, a file of another kind or one made for another base model fails here, naming it, not in the worker
+    check_init_file(path, ckpt, method, label=init_adapter)
     return path
 
 
@@ -268,7 +269,7 @@ class FP_TrainPIDiff(TrainingNode):
         manager = JobManager.get()
         name = check_output_name(name, [os.path.join(out_dir, name.strip() + ext) for ext in (".safetensors", ".json")],
                                  manager.reserved_names("pidiff"))
-        init_file = _init_file(init_from)
+        init_file = _init_file(init_from, ckpt, "PIDiff")
         crops = face_crops(gather_photos(images, photo_folder), face_analysis, resolution, if_no_face)
         codes = encode_wplus(e4e, torch.stack([c for _, c in crops]), whiten_background)
         job_id, job_dir = manager.new_job_dir("pidiff")
@@ -290,7 +291,7 @@ def make_spec(job_id, method, name, ckpt, ckpt_name, family, photos, params, ste
                    photos=photos, masks=list(masks), params=params, steps=int(steps), seed=int(seed),
                    batch=int(batch_size) // int(grad_accum), grad_accum=int(grad_accum), learning_rate=float(lr),
                    resolution=int(resolution), precision=precision, gradient_checkpointing=bool(gradient_checkpointing),
-                   cache_latents=True, checkpoint_every=int(checkpoint_every), preview_every=0,
+                   cache_latents=True, checkpoint_every=int(checkpoint_every), preview_every=int(checkpoint_every),
                    output_dirs=output_dirs, face_pack_dir=getattr(face_analysis, "fp_model_dir", "") or "",
                    comfyui_path=comfy_root, created=time.strftime("%Y-%m-%dT%H:%M:%S"))
 
@@ -365,7 +366,7 @@ class FP_TrainWPlusAdapter(TrainingNode):
         if n_stage == 2 and init_from == FROM_UNET:
             raise ValueError("W+ Adapter Stage II starts from a Stage I adapter: pick its file in init_from "
                              "(models/wplus), e.g. one trained with Stage I or the official wplus_adapter.bin")
-        init_file = _init_file(init_from)
+        init_file = _init_file(init_from, ckpt, "W+ Adapter")
         params = {"stage": n_stage, "weight_decay": wt.OFFICIAL[n_stage]["weight_decay"], "init_file": init_file,
                   "whiten_background": bool(whiten_background), "preset": preset, "class_word": "face"}
         photos_in = gather_photos(images, photo_folder)

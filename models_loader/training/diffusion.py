@@ -98,6 +98,11 @@ def checkpointed(diffusion_model, enabled=True):
             def run(*args, _fwd=fwd, **kwargs):
                 if not torch.is_grad_enabled():
                     return _fwd(*args, **kwargs)
+                # the UNet sets transformer_options["block"] (and more) on one shared dict as it walks its blocks:
+                # the backward's re-run of this block must see the values of this forward, not the last block's
+                # (an attn2 patch keyed by block would otherwise run another layer's weights): a shallow copy each
+                args = tuple(dict(a) if isinstance(a, dict) else a for a in args)
+                kwargs = {k: dict(v) if isinstance(v, dict) else v for k, v in kwargs.items()}
                 return checkpoint(_fwd, *args, use_reentrant=False, **kwargs)
 
             m.forward = run

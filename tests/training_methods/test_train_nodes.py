@@ -150,6 +150,11 @@ def test_graph_trains_then_generates_with_the_trained_asset(comfy, comfy_home, s
     job_dir = os.path.join(folder_paths.get_user_directory(), "fp_training", "jobs", job_id)
     st = jobfiles.read_status(job_dir)
     assert st["status"] == "done" and st["step"] == 2, st
+    # previews every checkpoint_every steps and at the end (the method's Apply node on the current weights), one
+    # id_scores row each (no score: the offline detector has no recognition model), the last one beside the file
+    assert jobfiles.list_previews(job_dir) == ["step_000002.png"]
+    assert [(r["step"], r["id_score"]) for r in jobfiles.read_jsonl(os.path.join(job_dir, jobfiles.ID_FILE))] == [(2, None)]
+    assert [o for o in st["outputs"] if o["kind"] == "preview"]
     # the job's W+ codes came from the pack's e4e on the aligned photos (two photos, one code each)
     codes = load_file(os.path.join(job_dir, WPLUS_FILE))["wplus"]
     assert codes.shape == (2, 18, 512) and torch.isfinite(codes).all()

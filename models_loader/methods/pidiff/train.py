@@ -34,7 +34,8 @@ class PIDiffTrainer(wt.ResidualTrainerBase):
 
     def __init__(self, model_patcher, clip, vae, pixels, wplus, init=None, batch_size=4, lr=1e-4, weight_decay=1e-2,
                  drop_text=0.3, drop_visual=0.5, wplus_noise=0.05, pseudo_word="sks", templates=TEMPLATES, seed=0,
-                 device="cpu", output_dirs=None, gradient_checkpointing=False):
+                 device="cpu", output_dirs=None, gradient_checkpointing=False, preview_prompt=None, preview_steps=20,
+                 preview_seed=0):
         self.cfg = dict(OFFICIAL, batch_size=int(batch_size), lr=float(lr), weight_decay=float(weight_decay),
                         drop_text=float(drop_text), drop_visual=float(drop_visual), wplus_noise=float(wplus_noise),
                         pseudo_word=str(pseudo_word))
@@ -48,6 +49,10 @@ class PIDiffTrainer(wt.ResidualTrainerBase):
         if w.shape[0] != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} photos but {w.shape[0]} W+ codes: one code per photo")
         self.wplus = w
+        self.clip, self.vae = clip, vae
+        self.resolution = int(pixels.shape[-1])
+        self.preview_prompt = preview_prompt or f"a photo of {self.cfg['pseudo_word']}"
+        self.preview_steps, self.preview_seed = int(preview_steps), int(preview_seed)
         self.source = wt.LatentSource(vae, self.model, pixels, self.device)
         self.prompts = wt.PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
         self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
@@ -86,7 +91,8 @@ class PIDiffTrainer(wt.ResidualTrainerBase):
         w = torch.where(inputs["drop_wplus"].to(dev).view(-1, 1, 1), torch.zeros_like(w), w)
         self.holder.tokens = self.mapping(w)
         pred = wt.unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
-        self.holder.tokens = None
+        # the tokens stay in the holder: with gradient checkpointing the backward pass re-runs the UNet blocks, and
+        # their residual attention reads them again (the next micro-batch sets its own)
         mse = F.mse_loss(pred.float(), target.float(), reduction="mean")
         return {"loss": mse, "mse": mse}
 
@@ -109,7 +115,9 @@ class PIDiffTrainer(wt.ResidualTrainerBase):
                 {"path": meta_path, "folder": "pidiff", "name": None, "kind": "metadata"}]
 
     def preview(self, step, out_dir):
-        return None
+        """One image with FP_ApplyStyleCrossAttention's patch (strength 0.4, the paper's inference value) of the
+        current F + SCA weights and photo 0's W+ code."""
+        return wt.residual_preview(self, "pidiff_sca", self.wplus[:1], self.preview_prompt, step, out_dir)
 
 
 RESULT_TYPE = "PIDIFF"
@@ -129,7 +137,8 @@ def build_trainer(spec, base, job_dir):
                          drop_text=float(p.get("drop_text", 0.3)), drop_visual=float(p.get("drop_visual", 0.5)),
                          wplus_noise=float(p.get("wplus_noise", 0.05)), pseudo_word=p.get("pseudo_word", "sks"),
                          seed=spec.seed, device=base.device, output_dirs=spec.output_dirs,
-                         gradient_checkpointing=spec.gradient_checkpointing)
+                         gradient_checkpointing=spec.gradient_checkpointing, preview_prompt=p.get("preview_prompt"),
+                         preview_steps=spec.preview_steps, preview_seed=spec.seed)
 
 
 def load_result(outputs):

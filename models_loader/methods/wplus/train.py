@@ -128,6 +128,22 @@ def masked_resize(mask, hw):
     return F.interpolate(m.float(), size=hw, mode="bilinear", align_corners=False)
 
 
+@torch.no_grad()
+def residual_preview(trainer, registry_name, wplus, prompt, step, out_dir):
+    """One preview image of a residual-attention trainer's *current* state, sampled through the inference patch
+    the Apply node runs (``methods.registry`` ``registry_name``: ``wplus_rca`` / ``pidiff_sca``, with that node's
+    default strength and step window) on the unpatched base MODEL, with ``wplus`` [1, 18, 512] (a training photo's
+    code) and ComfyUI's sampler (:func:`...training.preview.generate`); saved as ``out_dir/step_<step>.png``.
+    -> [that path]"""
+    from ...training.preview import generate, save_png
+    from ..registry import method
+
+    model = method(registry_name).build(trainer.patcher, None, trainer.weights(), wplus.detach().float().cpu()).model
+    image = generate(model, trainer.clip, trainer.vae, prompt, trainer.preview_seed, trainer.preview_steps,
+                     trainer.resolution)
+    return [save_png(image, os.path.join(out_dir, f"step_{step:06d}.png"))]
+
+
 # ----------------------------------------------------------------------------------------------
 # residual cross-attention in training
 # ----------------------------------------------------------------------------------------------
@@ -401,7 +417,8 @@ class WPlusAdapterTrainer(ResidualTrainerBase):
 
     def __init__(self, model_patcher, clip, vae, pixels, examples, stage=1, init=None, batch_size=1,
                  lr=1e-4, weight_decay=1e-2, directions=None, class_word="face", seed=0, device="cpu",
-                 output_dirs=None, gradient_checkpointing=False, **overrides):
+                 output_dirs=None, gradient_checkpointing=False, preview_prompt=None, preview_steps=20,
+                 preview_seed=0, **overrides):
         if stage not in (1, 2):
             raise ValueError(f"stage must be 1 or 2, got {stage!r}")
         self.stage = stage
@@ -419,6 +436,12 @@ class WPlusAdapterTrainer(ResidualTrainerBase):
         if len(self.examples) != pixels.shape[0]:
             raise ValueError(f"{pixels.shape[0]} images but {len(self.examples)} examples")
         self.class_word = class_word
+        self.clip, self.vae = clip, vae
+        self.resolution = int(pixels.shape[-1])
+        # preview: photo 0's code; Stage I the official template "a photo of a <class word>", Stage II its caption
+        self.preview_prompt = preview_prompt or (f"a photo of a {class_word}" if stage == 1 else
+                                                 (self.examples[0].captions or ["a photo of a person"])[0])
+        self.preview_steps, self.preview_seed = int(preview_steps), int(preview_seed)
         self.source = LatentSource(vae, self.model, pixels, self.device)
         self.prompts = PromptEncoder(clip, self.model, tuple(pixels.shape[-2:]), self.device)
         self.acp = diffusion.alphas_cumprod(self.model).to(self.device)
@@ -480,13 +503,15 @@ class WPlusAdapterTrainer(ResidualTrainerBase):
         pred = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y, self.checkpointing)
         rec = F.mse_loss(pred.float(), target.float(), reduction="mean")
         if self.stage == 1:
-            self.holder.tokens = None
+            # the tokens stay in the holder: with gradient checkpointing the backward pass re-runs the UNet blocks,
+            # and their residual attention reads them again (the next micro-batch sets its own)
             return {"loss": rec, "mse": rec}
+        tokens = self.holder.tokens
         with torch.no_grad():
             self.holder.tokens = self.mapping(inputs["wplus_aug"].to(dev))
             pred_aug = unet_forward(self.model, x_t, t, ctx, self.transformer_options, y)
             pred_now = unet_forward(self.model, x_t, t, ctx, self.plain_options, y)  # λ = 0: no residual
-        self.holder.tokens = None
+        self.holder.tokens = tokens  # the grad forward's tokens, for the checkpointed recompute in backward
         m = inputs["region"].to(dev)
         disen = F.mse_loss(pred_aug.float() * m, pred.float() * m, reduction="mean")
         pres = F.mse_loss(pred_now.float(), pred.float(), reduction="mean")
@@ -501,7 +526,9 @@ class WPlusAdapterTrainer(ResidualTrainerBase):
         return export_wplus(self.weights(), name, meta, self.output_dirs, self.stage)
 
     def preview(self, step, out_dir):
-        return None
+        """One image with ApplyResidualCrossAttention's patch (strength 1, start 0.2) of the current weights and
+        photo 0's W+ code."""
+        return residual_preview(self, "wplus_rca", self.examples[0].wplus[None], self.preview_prompt, step, out_dir)
 
 
 def weights_of(mapping, adapter, kind):
@@ -588,7 +615,9 @@ def build_trainer(spec, base, job_dir):
                                class_word=p.get("class_word", "face"), seed=spec.seed, device=base.device,
                                output_dirs=spec.output_dirs, gradient_checkpointing=spec.gradient_checkpointing,
                                lambda_disen=float(p.get("lambda_disen", 2.0)),
-                               lambda_preserve=float(p.get("lambda_preserve", 1.0)))
+                               lambda_preserve=float(p.get("lambda_preserve", 1.0)),
+                               preview_prompt=p.get("preview_prompt"), preview_steps=spec.preview_steps,
+                               preview_seed=spec.seed)
 
 
 def load_result(outputs):
@@ -601,5 +630,5 @@ def load_result(outputs):
 
 
 __all__ = ["WPlusAdapterTrainer", "Example", "DirectionBank", "augment_wplus", "erode_blur", "draw_drops",
-           "LatentSource", "PromptEncoder", "unet_forward", "attn2_modules", "adapter_from_unet", "initial_modules",
+           "LatentSource", "PromptEncoder", "unet_forward", "residual_preview", "attn2_modules", "adapter_from_unet", "initial_modules",
            "residual_training_options", "build_trainer", "load_result", "RESULT_TYPE"]
