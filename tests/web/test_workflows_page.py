@@ -37,6 +37,7 @@ def page(chromium, web_server):
                         "&& app.extensionManager && app.extensionManager.setting", timeout=120_000)
     _setting(p, "LiteGraph.Canvas.MinFontSizeForLOD", 0)  # readable text in the fitted screenshots
     _setting(p, "Comfy.Minimap.Visible", False)  # the minimap would cover the graph's bottom right
+    _setting(p, "Comfy.Workflow.ShowMissingNodesWarning", False)  # would cover the shots
     yield p
     _setting(p, "Comfy.VueNodes.Enabled", False)
     ctx.close()
