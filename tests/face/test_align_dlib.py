@@ -1,9 +1,9 @@
 """The official FFHQ alignment (dlib 68 landmarks, ``align_dlib.py``) against an independent re-implementation
 of the official recipe written here from the FFHQ / e4e / W+ Adapter ``align_face`` steps (numpy + PIL +
-scipy, nothing shared with the pack): on every shared photo, the landmark positions in the 1024 px crop are
-within 1 px of the reference's and the crop pixels equal the reference's for photos up to the detection size
-(1024 px); the 3840 px photo, which the pack searches on a downscaled copy while the reference detects at full
-resolution as the official code does, lands within 4 px (measured 3.55 px)."""
+scipy, nothing shared with the pack): on every shared photo, the 3840 px one included (which the pack scans on
+the official detector's coarse pyramid levels only, while the reference runs ``detector(img, 1)`` on the full
+photo as the official code does), the landmark positions in the 1024 px crop are within 1 px of the reference's,
+and the crop pixels equal the reference's for photos up to the detection size (1024 px)."""
 from pathlib import Path
 
 import numpy as np
@@ -142,14 +142,13 @@ def test_official_alignment_lands_landmarks_within_1px_of_the_reference(cases):
             pixels = _ref_align(img, lm)
             diff = np.abs(crops[0].numpy() * 255.0 - pixels.astype(np.float64))
             assert diff.mean() < 0.05 and diff.max() <= 1.0, (name, diff.mean(), diff.max())
-    exact = {k: v for k, v in worst.items() if k.split("@")[0] not in LARGE}
-    assert max(exact.values()) <= 1.0, exact
-    # detecting on the downscaled copy moves dlib's start box, so the 68 points settle a little differently:
-    # measured 3.55 px at 1024 px on the 3840 px photo (the price of a 14x faster detection)
-    assert max(v for k, v in worst.items() if k.split("@")[0] in LARGE) <= 4.0, worst
+    assert LARGE, "no shared photo larger than the detection size"
+    assert max(worst.values()) <= 1.0, worst  # the 3840 px photo too (3.55 px when it was searched on a downscaled copy)
 
 
-def test_large_photo_is_searched_on_a_downscaled_copy(cases):
+def test_large_photo_gets_the_official_detector_box(cases):
+    """Above the detection size the pack scans only the official pyramid's coarse levels: the same face box
+    as dlib's full ``detector(img, 1)``, to the rounding of one level mapping (a couple of pixels)."""
     from comfyui_face_personalization.models_loader.face import align_dlib
 
     big = [c for c in cases if max(c[1].shape[:2]) > align_dlib.DETECT_MAX_SIDE]
@@ -157,9 +156,8 @@ def test_large_photo_is_searched_on_a_downscaled_copy(cases):
     for name, img, rect, _lm in big:
         rects = align_dlib.detect_rects(img)
         ref = np.array([rect.left(), rect.top(), rect.right(), rect.bottom()], np.float64)
-        inter = np.clip(np.minimum(rects[:, 2:], ref[2:]) - np.maximum(rects[:, :2], ref[:2]), 0, None).prod(1)
-        union = (rects[:, 2:] - rects[:, :2]).prod(1) + (ref[2:] - ref[:2]).prod() - inter
-        assert (inter / union).max() >= 0.6, (name, rects, ref)  # the same face, found ~14x faster
+        off = np.abs(rects - ref).max(1)
+        assert len(rects) and off.min() <= 3.0, (name, rects, ref)
 
 
 def test_padding_zeros_leaves_the_outside_black_like_the_wplus_script(cases):

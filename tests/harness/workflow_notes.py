@@ -6,8 +6,13 @@ NOTES = {
    "**Face**: *Load W+ Code* reads `models/wplus/codes/`; to start from a photo use Face Detect → Face Align (FFHQ) → W+ Encode.\n**Adapter**: `wplus_adapter.bin` in `models/wplus/`.\nRaise *strength* for a stronger likeness.",
  "pidiff_basic": "# PIDiff\nStyle cross-attention behind each text cross-attention, fed by a W+ code.\n\n" + CK +
    "**Weights**: a PIDiff `.safetensors` in `models/pidiff/`. Strength 0.4 is the paper's inference value.",
- "wplus_controlnet": "# W+ Adapter + ControlNet\nThe W+ identity composes with a ControlNet (here fed the aligned face as hint).\n\n" + CK +
-   "Put an SD1.5 ControlNet in `models/controlnet/` and a matching hint image (e.g. a pose or edge map) in *Load Image*.",
+ "wplus_controlnet": "# W+ Adapter + ControlNet (Canny edges)\nThe identity comes from the W+ code (residual cross-attention); "
+   "the ControlNet takes its pose and outline from the edge map that core's *Canny* node makes from the photo in "
+   "*Load Image* (the preview shows it).\n\n" + CK +
+   "**Files**: an SD1.5 **Canny** ControlNet (e.g. `control_v11p_sd15_canny.pth`) in `models/controlnet/`; "
+   "`wplus_adapter.bin` in `models/wplus/`; the face's W+ code in `models/wplus/codes/` (or from a photo as in *wplus_from_photo*).\n"
+   "Put the photo whose pose you want in *Load Image*; raise the Canny thresholds for fewer edges. "
+   "For a pose ControlNet use a pose preprocessor instead of Canny.",
  "personamagic_basic": "# PersonaMagic\nStage-regulated textual inversion: the trigger word `<persona>` becomes 4 tokens that follow the timestep.\n\n" + CK +
    "Connect **both** outputs of Stage-Regulated TI (MODEL and CONDITIONING) to the sampler.\n**Mapper**: `mapper-steps-N.pt` in `models/personamagic/`; **reference photo** in *Load Image*; CLIP ViT-B/32 in `models/clip_vision/`.",
  "crossinit_basic": "# Cross Initialization\nThe trigger word is initialised from 691 celebrity-name embeddings (no face input: training it on your photos is *Train Cross Initialization*).\n\n" + CK +

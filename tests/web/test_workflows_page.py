@@ -37,6 +37,7 @@ def page(chromium, web_server):
                         "&& app.extensionManager && app.extensionManager.setting", timeout=120_000)
     _setting(p, "LiteGraph.Canvas.MinFontSizeForLOD", 0)  # readable text in the fitted screenshots
     _setting(p, "Comfy.Minimap.Visible", False)  # the minimap would cover the graph's bottom right
+    _setting(p, "Comfy.Workflow.ShowMissingNodesWarning", False)  # would cover the shots
     yield p
     _setting(p, "Comfy.VueNodes.Enabled", False)
     ctx.close()
@@ -217,3 +218,68 @@ def test_every_workflow_has_a_thumbnail_the_templates_browser_serves(web_server)
             pytest.skip("thumbnails are written by test_workflow_reads_well_in_the_page (run it first)")
         data = web_server.get_bytes(f"/api/workflow_templates/{pack}/{path.stem}.jpg")
         assert data[:3] == b"\xff\xd8\xff", f"{path.stem}.jpg is not a JPEG"
+
+
+TEMPLATE_ORDER_JS = REPO / "web" / "js" / "template_order.js"
+
+
+def _template_order():
+    """ORDER of web/js/template_order.js: how the pack's workflows are listed in the templates browser."""
+    body = TEMPLATE_ORDER_JS.read_text(encoding="utf-8")
+    block = re.search(r"export const ORDER = \[(.*?)\];", body, re.S).group(1)
+    return re.findall(r'"([^"]+)"', block)
+
+
+def test_template_order_lists_every_shipped_workflow_once():
+    """ComfyUI 0.3.75 lists a pack's workflows in file-system order and frontend 1.32.9 keeps that order (it
+    reads no index.json or workflow field for custom packs): web/js/template_order.js sorts them by ORDER."""
+    order = _template_order()
+    assert order[0] == "wplus_quickstart", order[:3]  # the simplest photo-in example first
+    assert len(order) == len(set(order)), [n for n in order if order.count(n) > 1]
+    shipped = {p.stem for p in WORKFLOWS}
+    assert shipped - set(order) == set(), f"add these to ORDER in {TEMPLATE_ORDER_JS.name}: {shipped - set(order)}"
+    assert set(order) - shipped == set(), f"ORDER names workflows that are not shipped: {set(order) - shipped}"
+
+
+def test_templates_browser_lists_the_pack_simplest_first(chromium, web_server, tmp_path):
+    """The real templates browser (Workflow > Browse Templates), on the pack's own section: its workflows in
+    ORDER (wplus_quickstart first), each card titled by its file name (what 1.32.9 shows for a custom pack)
+    with its thumbnail loaded. The screenshot goes to docs/images/templates_browser.png."""
+    ctx = chromium.new_context(viewport=VIEWPORT)
+    page = ctx.new_page()
+    try:
+        page.goto(web_server.url)
+        page.wait_for_function("window.app && app.extensions.length > 0 && app.extensionManager "
+                               "&& app.extensionManager.command", timeout=120_000)
+        listed = web_server.get_json("/workflow_templates")
+        pack = next(k for k, names in listed.items() if "wplus_basic" in names)
+        page.evaluate("() => app.extensionManager.command.execute('Comfy.BrowseTemplates')")
+        page.wait_for_selector('[data-testid^="template-workflow-"]', timeout=60_000)
+        entry = page.get_by_text(pack, exact=True)
+        if not entry.count() or not entry.first.is_visible():
+            page.get_by_text("Extensions", exact=True).first.click()
+        page.get_by_text(pack, exact=True).first.click()
+        order = _template_order()
+        page.wait_for_function(
+            "(n) => { const c = [...document.querySelectorAll('[data-testid^=\"template-workflow-\"]')];"
+            " return c.length > 0 && c[0].getAttribute('data-testid') === 'template-workflow-' + n; }",
+            arg=order[0], timeout=30_000)
+        page.wait_for_timeout(1500)  # thumbnails load
+        cards = page.evaluate("""() => [...document.querySelectorAll('[data-testid^="template-workflow-"]')].map(el => {
+            const img = el.querySelector('img');
+            return {name: el.getAttribute('data-testid').slice('template-workflow-'.length),
+                    text: el.innerText.trim(), img: img ? [img.naturalWidth, img.getAttribute('src')] : null}; })""")
+        shot = tmp_path / "templates_browser.png"
+        page.screenshot(path=str(shot), animations="disabled")
+        if os.environ.get("FP_WEB_SHOTS_TO_DOCS", "1") == "1":
+            (REPO / "docs" / "images").mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(shot, REPO / "docs" / "images" / shot.name)
+        names = [c["name"] for c in cards]
+        assert names == [n for n in order if n in names], names
+        assert len(names) >= min(len(order), 6), names  # the section shows the pack's workflows
+        for c in cards:
+            assert c["text"].splitlines()[0].strip() == c["name"], c  # 1.32.9: a custom template's title is its name
+        shown = [c for c in cards if c["img"]]
+        assert shown and all(c["img"][0] > 0 for c in shown), [c for c in shown if c["img"][0] == 0]
+    finally:
+        ctx.close()

@@ -5,7 +5,7 @@
 Needs (provisioned by tests/harness/provision.py): models/checkpoints tiny_sd15-v1.safetensors (kind sd15),
 models/wplus tiny_wplus_adapter_sd15-v1.bin (kind wplus_adapter_sd15), models/pidiff
 tiny_pidiff_sd15-v1.safetensors (kind pidiff_sd15), models/controlnet tiny_controlnet_sd15-v1.safetensors
-(kind controlnet_sd15), models/wplus/codes e4e_1.pth (shared/data/wplus/wcodes), input/wplus_aligned_1.png.
+(kind controlnet_sd15), models/wplus/codes e4e_1.pth (shared/data/wplus/wcodes), input/celebahq_28017.jpg.
 """
 import sys
 from pathlib import Path
@@ -19,6 +19,7 @@ from fixtures import tiny  # noqa: E402
 
 CKPT, ADAPTER, PIDIFF, CONTROLNET = tiny.file_names("sd15", "wplus_adapter_sd15", "pidiff_sd15", "controlnet_sd15")
 CODE = "e4e_1.pth"
+POSE_PHOTO = "celebahq_28017.jpg"  # the ControlNet's layout: its Canny edge map (core's Canny node)
 TEXT = "a photo of a person wearing a red shirt, in a garden"
 
 
@@ -44,9 +45,12 @@ def wplus_controlnet():
     p = wplus_basic()
     p["save"]["inputs"]["filename_prefix"] = "wplus_controlnet"
     p["cn"] = {"class_type": "ControlNetLoader", "inputs": {"control_net_name": CONTROLNET}}
-    p["hint"] = {"class_type": "LoadImage", "inputs": {"image": "wplus_aligned_1.png"}}
+    p["pose_photo"] = {"class_type": "LoadImage", "inputs": {"image": POSE_PHOTO}}
+    p["edges"] = {"class_type": "Canny", "inputs": {"image": ["pose_photo", 0], "low_threshold": 0.4,
+                                                    "high_threshold": 0.8}}
+    p["show_hint"] = {"class_type": "PreviewImage", "inputs": {"images": ["edges", 0]}}
     p["apply_cn"] = {"class_type": "ControlNetApplyAdvanced", "inputs": {
-        "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["hint", 0],
+        "positive": ["pos", 0], "negative": ["neg", 0], "control_net": ["cn", 0], "image": ["edges", 0],
         "strength": 0.8, "start_percent": 0.0, "end_percent": 1.0}}
     p["sample"]["inputs"]["positive"] = ["apply_cn", 0]
     p["sample"]["inputs"]["negative"] = ["apply_cn", 1]

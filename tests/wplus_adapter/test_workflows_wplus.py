@@ -16,6 +16,7 @@ def provisioned(comfy, comfy_home, shared_data, tiny_sd15, tiny_controlnet, inst
     (home / "models" / "pidiff").mkdir(parents=True, exist_ok=True)
     shutil.copyfile(shared_data / "wplus" / "wcodes" / "e4e_1.pth", home / "models" / "wplus" / "codes" / "e4e_1.pth")
     shutil.copyfile(shared_data / "faces" / "wplus_aligned_1.png", home / "input" / "wplus_aligned_1.png")
+    shutil.copyfile(shared_data / "faces" / "celebahq_28017.jpg", home / "input" / "celebahq_28017.jpg")  # Canny hint
     install_model("wplus_adapter_sd15", "wplus")
     install_model("pidiff_sd15", "pidiff")
 
