@@ -62,8 +62,17 @@ def _frames(page, wait_ms=300):
 def _load(page, ui, name, vue):
     """Load ``ui`` and show it at zoom 1 in a viewport large enough for the whole graph (no level-of-detail
     simplification, nothing culled), so boxes and widgets are measured as a person sees them up close."""
+    load = "async ([w, n]) => { await app.loadGraphData(w, true, true, n); }"
+    if vue:
+        # Nodes 2.0 as a person meets it who has the workflow open and switches Nodes 2.0 on: loaded in the
+        # classic renderer first, then reloaded with Nodes 2.0 on. Frontend 1.32.9 rescales a graph's layout
+        # on renderer changes and graph switches (ensureCorrectLayoutScale); loads after other Vue-rendered
+        # graphs in the same page come out scaled by factors that depend on the history (0.2x to 2.5x here),
+        # so without this the measurement would depend on the test order.
+        _setting(page, "Comfy.VueNodes.Enabled", False)
+        page.evaluate(load, [ui, name])
     _setting(page, "Comfy.VueNodes.Enabled", vue)
-    page.evaluate("async ([w, n]) => { await app.loadGraphData(w, true, true, n); }", [ui, name])
+    page.evaluate(load, [ui, name])
     bounds = page.evaluate("""() => { const b = [Infinity, Infinity, -Infinity, -Infinity];
         for (const n of app.graph._nodes) { b[0] = Math.min(b[0], n.pos[0]); b[1] = Math.min(b[1], n.pos[1] - 40);
           b[2] = Math.max(b[2], n.pos[0] + n.size[0]); b[3] = Math.max(b[3], n.pos[1] + n.size[1]); } return b; }""")
