@@ -159,7 +159,7 @@ _MODE_TIP = "run: queue the job here. export: only write the job folder and outp
 
 
 def job_inputs(precision_tip, checkpoint_every=100, checkpoint_max=100000, checkpointing_tip=_CHECKPOINTING_TIP,
-               cache_latents_tip=None, preview_tip=None, mode_where="another machine"):
+               cache_latents_tip=None, preview_tip=None, mode_where="another machine", checkpoint_tip=None):
     """The job-engine inputs every training node ends its required inputs with, in this order: seed, precision,
     gradient_checkpointing, [cache_latents], checkpoint_every, [preview_every], if_no_face, pause_while_generating,
     mode (the bracketed ones when their tooltip is given)."""
@@ -172,7 +172,8 @@ def job_inputs(precision_tip, checkpoint_every=100, checkpoint_max=100000, check
     if cache_latents_tip:
         out["cache_latents"] = ("BOOLEAN", {"default": True, "tooltip": cache_latents_tip})
     out["checkpoint_every"] = ("INT", {"default": checkpoint_every, "min": 1, "max": checkpoint_max, "tooltip":
-                                       "Save a resumable checkpoint every N steps (and always on cancel)."})
+                                       checkpoint_tip or "Save a resumable checkpoint every N steps (and always on "
+                                       "cancel)."})
     if preview_tip:
         out["preview_every"] = ("INT", {"default": 0, "min": 0, "max": 100000, "tooltip": preview_tip})
     out.update({

@@ -173,7 +173,9 @@ def _engine_inputs(precision_tip):
                                "grad_accum images go through the model at once (less memory, same result)."}),
         "resolution": ("INT", {"default": 512, "min": 64, "max": 1024, "step": 64,
                                "tooltip": "Training image size in pixels (official 512)."}),
-        **job_inputs(precision_tip, checkpoint_max=1000000, mode_where="another machine or a cluster"),
+        **job_inputs(precision_tip, checkpoint_max=1000000, mode_where="another machine or a cluster",
+                     checkpoint_tip="Save a resumable checkpoint every N steps (and always on cancel), with a "
+                     "preview image and its likeness score to your photos."),
     }
 
 

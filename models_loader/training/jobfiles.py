@@ -168,3 +168,11 @@ def fresh_output_paths(out_dir, name, exts):
 def string_metadata(meta):
     """safetensors metadata of an export: strings as they are, every other value as JSON."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in (meta or {}).items()}
+
+
+def written_safetensors(outputs, what):
+    """Path of the safetensors file a finished job wrote (its outputs list), or a clear error naming ``what``."""
+    for o in outputs:
+        if o.get("kind") == "safetensors":
+            return o["path"]
+    raise FileNotFoundError(f"the job wrote no {what} file")

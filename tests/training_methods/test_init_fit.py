@@ -7,20 +7,8 @@ import shutil
 import pytest
 import torch
 
-from test_train_nodes import FROM_UNET, _error, _inputs, _jobs  # noqa: F401  (helpers of the node tests)
-
-
-@pytest.fixture(scope="module")
-def e4e_name(install_model):
-    return install_model("e4e", "e4e")
-
-
-@pytest.fixture(scope="module")
-def photo_dir(comfy_home, shared_data):
-    d = comfy_home / "input" / "init_fit_photos"
-    d.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(shared_data / "faces" / "celebahq_28017.jpg", d / "celebahq_28017.jpg")
-    return d
+# helpers and fixtures of the node tests (the e4e encoder, a folder of two face photos)
+from test_train_nodes import FROM_UNET, _error, _inputs, _jobs, e4e_name, photo_dir  # noqa: F401
 
 
 def _fit():

@@ -317,11 +317,9 @@ def load_result(outputs):
     """IDENTITY_EMBEDDING of a finished job (from its embedding: safetensors)."""
     from ...textspace.identity import load_identity_file
 
-    for o in outputs:
-        if o.get("kind") == "safetensors":
-            identity = load_identity_file(o["path"])
-            with open(os.path.splitext(o["path"])[0] + ".json", encoding="utf-8") as f:
-                identity["name"] = json.load(f).get("trigger_word", identity["name"])
-            identity["method"] = "crossinit"
-            return identity
-    raise FileNotFoundError("the job wrote no embedding file")
+    path = jobfiles.written_safetensors(outputs, "embedding")
+    identity = load_identity_file(path)
+    with open(os.path.splitext(path)[0] + ".json", encoding="utf-8") as f:
+        identity["name"] = json.load(f).get("trigger_word", identity["name"])
+    identity["method"] = "crossinit"
+    return identity

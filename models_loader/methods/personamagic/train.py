@@ -370,7 +370,4 @@ def load_result(outputs):
     """PERSONAMAGIC_MAPPER of a finished job (what FP_LoadPersonaMagic returns for the written file)."""
     from .checkpoint import load_mapper
 
-    for o in outputs:
-        if o.get("kind") == "safetensors":
-            return load_mapper(o["path"])
-    raise FileNotFoundError("the job wrote no PersonaMagic mapper file")
+    return load_mapper(jobfiles.written_safetensors(outputs, "PersonaMagic mapper"))

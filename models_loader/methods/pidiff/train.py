@@ -144,7 +144,4 @@ def build_trainer(spec, base, job_dir):
 def load_result(outputs):
     from .weights import load_pidiff
 
-    for o in outputs:
-        if o.get("kind") == "safetensors":
-            return load_pidiff(o["path"])
-    raise FileNotFoundError("the job wrote no PIDiff file")
+    return load_pidiff(jobfiles.written_safetensors(outputs, "PIDiff"))

@@ -623,10 +623,7 @@ def build_trainer(spec, base, job_dir):
 def load_result(outputs):
     from .adapter import load_wplus_adapter
 
-    for o in outputs:
-        if o.get("kind") == "safetensors":
-            return load_wplus_adapter(o["path"])
-    raise FileNotFoundError("the job wrote no W+ Adapter file")
+    return load_wplus_adapter(jobfiles.written_safetensors(outputs, "W+ Adapter"))
 
 
 __all__ = ["WPlusAdapterTrainer", "Example", "DirectionBank", "augment_wplus", "erode_blur", "draw_drops",
