@@ -37,7 +37,7 @@ MUTATIONS = [
     ("paste_back_feather_disabled", "models_loader/face/align.py",
      "    if feather > 0:  # pull the opaque region in from the crop border, then blur it",
      "    if False:  # pull the opaque region in from the crop border, then blur it",
-     ["face/test_align.py", "face/test_face_graphs.py"]),
+     ["face/test_mask_paste_reference.py", "face/test_align.py", "face/test_face_graphs.py"]),
     ("face_mask_feather_disabled", "models_loader/face/mask.py",
      "    if feather <= 0:",
      "    if True:",
