@@ -30,19 +30,24 @@ def _run(comfy, pm_inputs, **kw):
     return comfy.node_classes["FP_TrainPersonaMagic"]().execute(**args)
 
 
+def _refused(comfy, pm_inputs, **kw):
+    """_run under an output name no other test writes (an existing output is refused before anything else)."""
+    return _run(comfy, pm_inputs, **{"name": "pm_bad_inputs", **kw})
+
+
 def test_bad_inputs_name_the_problem(comfy, pm_inputs):
     image = pm_inputs[3]
     with pytest.raises(ValueError, match="mask_source"):
-        _run(comfy, pm_inputs, masks=torch.ones(1, 64, 64))
+        _refused(comfy, pm_inputs, masks=torch.ones(1, 64, 64))
     with pytest.raises(ValueError, match="1 masks for 2 images"):
-        _run(comfy, pm_inputs, images=torch.cat([image, image]), masks=torch.ones(1, 64, 64),
-             mask_source="mask input / <photo>_mask.png")
+        _refused(comfy, pm_inputs, images=torch.cat([image, image]), masks=torch.ones(1, 64, 64),
+                 mask_source="mask input / <photo>_mask.png")
     with pytest.raises(ValueError, match="class_word"):
-        _run(comfy, pm_inputs, class_word="two words")
+        _refused(comfy, pm_inputs, class_word="two words")
     with pytest.raises(ValueError, match="no face found in image 1"):
-        _run(comfy, pm_inputs, images=torch.full((1, 128, 128, 3), 0.5))
+        _refused(comfy, pm_inputs, images=torch.full((1, 128, 128, 3), 0.5))
     with pytest.raises(ValueError, match="invalid output name"):
-        _run(comfy, pm_inputs, name="../x")
+        _refused(comfy, pm_inputs, name="../x")
 
 
 def test_job_folder_trains_and_loads(comfy, pm_inputs, comfy_home):
