@@ -33,6 +33,15 @@ TITLES = {"crossinit": "CrossInit", "pidiff": "PIDiff", "wplus1": "W+ Adapter St
           "personamagic": "PersonaMagic"}
 
 
+def _skipped(method, lines, what=""):
+    """True (and the line said) when ``method`` cannot run here: W+ Stage II needs the shared direction bank."""
+    if method == "wplus2" and not _shared_wplus().is_dir():
+        lines.append(f"{TITLES[method]}{what}: skipped (no direction bank at {_shared_wplus()})")
+        print(lines[-1], flush=True)
+        return True
+    return False
+
+
 def _shared_wplus():
     repo = Path(__file__).resolve().parents[1]
     return Path(os.environ.get("FP_SHARED", repo.parent / "shared")).resolve() / "data" / "wplus"
@@ -118,9 +127,7 @@ def speed(a, methods):
     base = run.load_base(JobSpec(job_id="b", method="crossinit", name="b", base_model=str(tiny.ensure(a.kind))))
     lines = []
     for method in methods:
-        if method == "wplus2" and not _shared_wplus().is_dir():
-            lines.append(f"{TITLES[method]}: skipped (no direction bank at {_shared_wplus()})")
-            print(lines[-1], flush=True)
+        if _skipped(method, lines):
             continue
         tr = make_trainer(method, base.model, base.clip, base.vae, a.res)
         opt = loop.make_optimizer(tr)
@@ -244,9 +251,7 @@ def memory_child(method, ckpt, res):
 def memory(a, methods):
     lines = []
     for method in methods:
-        if method == "wplus2" and not _shared_wplus().is_dir():
-            lines.append(f"{TITLES[method]} memory: skipped (no direction bank at {_shared_wplus()})")
-            print(lines[-1], flush=True)
+        if _skipped(method, lines, " memory"):
             continue
         for mode in a.memory_modes.split(","):
             t = time.time()
